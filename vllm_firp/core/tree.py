@@ -1,0 +1,157 @@
+"""Static draft trees (Medusa-style "choices" paths) and the index buffers built once per tree shape.
+
+A path ``(r_1, .., r_d)`` names the node at depth d whose token is rank ``r_d`` of pseudo d's top-k list
+under the node ``(r_1, .., r_{d-1})``. The root (depth 0, empty path) is the exact token from the last
+step. FIRP drafts depend only on depth and rank (all pseudo rows belong to one anchor), so the same
+candidate list fills every node of a depth.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+Path_ = tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class DraftTree:
+    """Nodes in breadth-first order (parents before children); node 0 is the root."""
+
+    paths: tuple[Path_, ...]  # paths[i] of node i; paths[0] == ()
+    parents: torch.Tensor  # [N] long, parent index (-1 for the root)
+    depths: torch.Tensor  # [N] long
+    ranks: torch.Tensor  # [N] long, rank within the depth's candidates (-1 for the root)
+    ancestor_mask: torch.Tensor  # [N, N] bool, [i, j] = j is i or an ancestor of i
+    retrieve: torch.Tensor  # [num_leaves, depth + 1] long, root-to-leaf node indices, -1 padded
+    children: tuple[tuple[int, ...], ...]  # children of each node, in rank order
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.paths)
+
+    @property
+    def depth(self) -> int:
+        return max(len(p) for p in self.paths)
+
+    @property
+    def topk(self) -> int:
+        """Candidates needed per depth (largest rank + 1)."""
+        return 1 + max((max(p) for p in self.paths if p), default=-1)
+
+    def node_tokens(self, root_token: int, candidates: torch.Tensor) -> torch.Tensor:
+        """Tokens of every node: the root token, then ``candidates[depth-1, rank]`` ([D, topk] ids)."""
+        tokens = torch.empty(self.num_nodes, dtype=torch.long)
+        tokens[0] = root_token
+        if self.num_nodes > 1:
+            tokens[1:] = candidates[self.depths[1:] - 1, self.ranks[1:]].cpu()
+        return tokens
+
+    def truncated(self, max_depth: int) -> DraftTree:
+        """This tree without nodes deeper than ``max_depth`` (drafts may be shorter than the tree)."""
+        if max_depth >= self.depth:
+            return self
+        return build_tree(tuple(p for p in self.paths[1:] if len(p) <= max_depth))
+
+
+def _validate(paths: tuple[Path_, ...]) -> None:
+    seen = set(paths)
+    for p in paths:
+        if any((not isinstance(r, int)) or r < 0 for r in p):
+            raise ValueError(f"tree path {list(p)} must hold ranks >= 0")
+        if len(p) > 1 and p[:-1] not in seen:
+            raise ValueError(f"tree path {list(p)} has no parent {list(p[:-1])}: every prefix must be in the tree")
+    if len(seen) != len(paths):
+        raise ValueError("tree paths must be distinct")
+
+
+@lru_cache(maxsize=64)
+def build_tree(choices: tuple[Path_, ...]) -> DraftTree:
+    """Index buffers for a tree given by its non-root paths; cached per shape."""
+    paths_in = tuple(tuple(int(r) for r in p) for p in choices if len(p) > 0)
+    _validate(paths_in)
+    paths = ((),) + tuple(sorted(paths_in, key=lambda p: (len(p), p)))
+    index = {p: i for i, p in enumerate(paths)}
+    n = len(paths)
+    parents = torch.tensor([-1] + [index[p[:-1]] for p in paths[1:]], dtype=torch.long)
+    depths = torch.tensor([len(p) for p in paths], dtype=torch.long)
+    ranks = torch.tensor([-1] + [p[-1] for p in paths[1:]], dtype=torch.long)
+    ancestor = torch.zeros(n, n, dtype=torch.bool)
+    for i, p in enumerate(paths):
+        for d in range(len(p) + 1):
+            ancestor[i, index[p[:d]]] = True
+    kids: list[list[int]] = [[] for _ in range(n)]
+    for i in range(1, n):
+        kids[int(parents[i])].append(i)
+    kids = [sorted(c, key=lambda i: paths[i][-1]) for c in kids]
+    leaves = [i for i in range(n) if not kids[i]]
+    max_depth = int(depths.max())
+    retrieve = torch.full((len(leaves), max_depth + 1), -1, dtype=torch.long)
+    for row, leaf in enumerate(leaves):
+        p = paths[leaf]
+        for d in range(len(p) + 1):
+            retrieve[row, d] = index[p[:d]]
+    return DraftTree(paths, parents, depths, ranks, ancestor, retrieve, tuple(tuple(c) for c in kids))
+
+
+def chain_tree(depth: int) -> DraftTree:
+    """Top-1 chain of the given depth (what vLLM 0.32 can verify)."""
+    return build_tree(tuple((0,) * d for d in range(1, depth + 1)))
+
+
+def default_rank_probs(depth: int, topk: int) -> list[list[float]]:
+    """Prior P(the true token is rank r of pseudo d) used when no measured accuracies are given."""
+    return [[0.6 * 0.85**d * 0.35**r for r in range(topk)] for d in range(depth)]
+
+
+def budget_tree(num_nodes: int, depth: int, topk: int = 4, rank_probs: list[list[float]] | None = None) -> DraftTree:
+    """The ``num_nodes``-node tree (root included) of highest expected accepted length.
+
+    Expected accepted length is the sum over nodes of the product of ``rank_probs[d][r]`` along the
+    path (independence assumed, as in Medusa's tree search). Greedy best-first growth is optimal for
+    this objective because a child's value never exceeds its parent's. ``rank_probs`` can come from
+    ``training.evaluate`` (per-position top-k accuracy differences).
+    """
+    if num_nodes < 1:
+        raise ValueError("a tree needs at least its root (num_nodes >= 1)")
+    probs = rank_probs or default_rank_probs(depth, topk)
+    if len(probs) < depth:
+        raise ValueError(f"rank_probs covers {len(probs)} depths, tree depth is {depth}")
+    heap: list[tuple[float, Path_]] = [(-probs[0][r], (r,)) for r in range(min(topk, len(probs[0])))]
+    heapq.heapify(heap)
+    chosen: list[Path_] = []
+    while heap and len(chosen) < num_nodes - 1:
+        neg, path = heapq.heappop(heap)
+        chosen.append(path)
+        d = len(path)
+        if d < depth:
+            for r in range(min(topk, len(probs[d]))):
+                heapq.heappush(heap, (neg * probs[d][r], path + (r,)))
+    return build_tree(tuple(chosen))
+
+
+def parse_tree_spec(spec: str | None, K: int, rank_probs: list[list[float]] | None = None) -> DraftTree:
+    """A tree from a CLI spec: ``chain``, ``chain:D``, ``budget:N``, a JSON list of paths, or a .json file."""
+    spec = (spec or "budget:16").strip()
+    if spec == "chain" or spec.startswith("chain:"):
+        depth = int(spec.split(":")[1]) if ":" in spec else K
+        tree = chain_tree(depth)
+    elif spec.startswith("budget:"):
+        tree = budget_tree(int(spec.split(":")[1]), K, rank_probs=rank_probs)
+    else:
+        text = Path(spec).read_text() if spec.endswith(".json") and Path(spec).is_file() else spec
+        try:
+            choices = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"tree spec {spec!r} is not 'chain', 'chain:D', 'budget:N', a JSON list of paths or a .json file"
+            ) from e
+        tree = build_tree(tuple(tuple(p) for p in choices))
+    if tree.depth > K:
+        raise ValueError(f"tree depth {tree.depth} exceeds the heads' num_future_tokens K={K}")
+    return tree
