@@ -1,0 +1,148 @@
+"""One forward pass of an HF decoder-only model with FIRP pseudo rows joining mid-stack.
+
+This is the only place that drives an HF model layer by layer. The reference engine and the trainer
+both call :func:`forward_rows`; masks and positions come from :mod:`vllm_firp.core.layout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache
+
+from ..core import FirpHeads, StepLayout
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass
+class ModelParts:
+    """The pieces of an HF causal LM that FIRP needs, and per-layer attention windows."""
+
+    embed: nn.Module
+    layers: nn.ModuleList
+    rotary: nn.Module
+    norm: nn.Module
+    lm_head: nn.Module
+    windows: list[int | None]  # sliding-window size per layer (None = full attention)
+    max_positions: int
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> ModelParts:
+        cfg = model.config
+        if cfg.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {cfg.model_type!r} is not supported by the reference engine "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        if cfg._attn_implementation != "sdpa":
+            # Our masks are boolean SDPA masks; eager attention would add them as numbers.
+            model.set_attn_implementation("sdpa")
+        inner = model.model
+        return cls(
+            inner.embed_tokens,
+            inner.layers,
+            inner.rotary_emb,
+            inner.norm,
+            model.lm_head,
+            _layer_windows(cfg),
+            int(cfg.max_position_embeddings),
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+def _layer_windows(cfg) -> list[int | None]:
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+    if cfg.model_type == "mistral":  # Mistral applies its window (if any) on every layer
+        return [window] * cfg.num_hidden_layers
+    return [window if kind == "sliding_attention" and window else None for kind in types]
+
+
+def new_cache() -> DynamicCache:
+    """A plain growing cache (no per-layer sliding cache: the masks apply windows themselves)."""
+    return DynamicCache()
+
+
+def cache_length(cache: DynamicCache) -> int:
+    return cache.get_seq_length()
+
+
+def commit_rows(cache: DynamicCache, past_len: int, keep: torch.Tensor) -> None:
+    """Keep the committed prefix plus the rows ``keep`` (indices into this pass's rows) in every layer."""
+    for layer in cache.layers:
+        if not layer.is_initialized:
+            continue
+        idx = past_len + keep.to(layer.keys.device)
+        layer.keys = torch.cat([layer.keys[:, :, :past_len], layer.keys[:, :, idx]], dim=2)
+        layer.values = torch.cat([layer.values[:, :, :past_len], layer.values[:, :, idx]], dim=2)
+
+
+def _layer_masks(
+    parts: ModelParts, layout: StepLayout, positions: torch.Tensor, past_len: int, rows_per_layer: list[int]
+) -> list[torch.Tensor]:
+    """4-D boolean SDPA masks, one per layer, built once per distinct (rows, window)."""
+    built: dict[tuple[int, int | None], torch.Tensor] = {}
+    masks = []
+    device = positions.device
+    key_pos = torch.cat([torch.arange(past_len, device=device), positions])
+    for rows, window in zip(rows_per_layer, parts.windows, strict=True):
+        key = (rows, window)
+        if key not in built:
+            mask = layout.attention_mask(past_len, rows).to(device)
+            if window is not None:
+                mask &= (positions[:rows, None] - key_pos[None, : past_len + rows]) < window
+            built[key] = mask[None, None]
+        masks.append(built[key])
+    return masks
+
+
+def forward_rows(
+    parts: ModelParts,
+    input_ids: torch.Tensor,
+    layout: StepLayout,
+    cache: DynamicCache,
+    heads: FirpHeads | None = None,
+    capture_layers: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Run ``input_ids`` ([N], the real rows) plus the layout's pseudo rows through the model.
+
+    Pseudo k joins after layer ``inject_layers[k-1]`` as ``heads.pseudo_state(k, s_k)``. K/V of every
+    row is appended to ``cache``; call :func:`commit_rows` afterwards to keep only what was accepted.
+    Returns the final-normed states of all rows ([R, d], real rows first) and, for each layer number
+    in ``capture_layers``, the residual stream after that layer (rows alive there).
+    """
+    if layout.K and heads is None:
+        raise ValueError("a layout with pseudo rows needs FIRP heads")
+    K, n_real, A = layout.K, layout.num_real, layout.num_anchors
+    past_len = cache_length(cache)
+    device = input_ids.device
+    positions = past_len + layout.position_offsets.to(device)
+    inject = [0] * (parts.num_layers + 1)  # inject[l] = pseudo tokens alive after layer l
+    for t in heads.config.inject_layers[:K] if K else []:
+        inject[t] += 1
+    alive = [sum(inject[: l + 1]) for l in range(parts.num_layers + 1)]
+    rows_per_layer = [layout.rows_alive(alive[i]) for i in range(parts.num_layers)]  # layer i+1 sees alive[i]
+    masks = _layer_masks(parts, layout, positions, past_len, rows_per_layer)
+
+    h = parts.embed(input_ids)[None]
+    cos, sin = parts.rotary(h, positions[None])
+    captured: dict[int, torch.Tensor] = {}
+    for i, layer in enumerate(parts.layers):
+        r = rows_per_layer[i]
+        h = layer(h, attention_mask=masks[i], position_embeddings=(cos[:, :r], sin[:, :r]),
+                  past_key_values=cache, use_cache=True)
+        number = i + 1
+        for k in range(alive[i] + 1, alive[number] + 1):  # pseudo k enters after layer `number`
+            anchor_state = h[:, layout.anchors.to(device)]
+            prev = h[:, n_real + (k - 2) * A : n_real + (k - 1) * A] if k > 1 else None
+            h = torch.cat([h, heads.pseudo_state(k, heads.source_for(k, anchor_state, prev))], dim=1)
+        if number in capture_layers:
+            captured[number] = h[0]
+    return parts.norm(h)[0], captured
