@@ -1,0 +1,167 @@
+"""Config time: turn ``{"method": "firp", "model": HEADS_DIR}`` into a validated SpeculativeConfig.
+
+Everything a user can get wrong is refused here, in the process that parses the arguments, so
+``vllm serve`` exits and ``LLM(...)`` raises with a message that names the problem, before any engine
+process starts. FIRP settings live in ``HEADS_DIR/config.json``: vLLM's config classes forbid extra keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import fields
+from typing import Any
+
+from vllm_firp.core import FirpCheckpointError, FirpConfig, FirpHeads
+
+METHOD = "firp"
+# Decoder-only text models whose layers take (positions, hidden_states, residual) and whose model
+# records aux hidden states (SupportsEagle3). Others may work but are refused until tested.
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+MAX_SPEC_LEN = 128  # vllm/v1/sample/rejection_sampler.py: MAX_SPEC_LEN
+# SpeculativeConfig fields that configure a separate draft model or another drafting scheme. FIRP
+# drafts with the served model itself, so a non-default value would be silently ignored: refuse it.
+UNUSED_FIELDS = (
+    "quantization", "moe_backend", "attention_backend", "kv_cache_dtype", "max_model_len", "revision",
+    "code_revision", "index_share_for_mtp_iteration", "use_heterogeneous_vocab", "prompt_lookup_max",
+    "prompt_lookup_min", "parallel_drafting", "draft_load_config", "rejection_sample_method",
+    "synthetic_acceptance_rates", "synthetic_acceptance_length", "enable_adaptive_verification",
+    "draft_sample_method", "dspark_draft_topk", "use_local_argmax_reduction",
+)
+
+
+class FirpConfigError(ValueError):
+    """A speculative config with method 'firp' that this plugin cannot serve exactly."""
+
+
+def is_firp(vllm_config: Any) -> bool:
+    return getattr(getattr(vllm_config, "speculative_config", None), "method", None) == METHOD
+
+
+def firp_info(speculative_config: Any) -> dict[str, Any]:
+    """What the workers need, carried on the draft hf_config (pickled to every engine process)."""
+    return speculative_config.draft_model_config.hf_config.firp
+
+
+def finish_speculative_config(sc: Any) -> None:
+    """``SpeculativeConfig.__post_init__`` for method 'firp': validate, then fill the derived fields."""
+    if sc.model is None:
+        raise FirpConfigError(
+            "speculative method 'firp' needs 'model': the FIRP heads directory "
+            '(e.g. --speculative-config \'{"method": "firp", "model": "/path/to/heads"}\')'
+        )
+    target = sc.target_model_config
+    if target is None:
+        raise FirpConfigError("speculative method 'firp' needs the target model config (set by vLLM's EngineArgs)")
+    _refuse_unused_fields(sc)
+    _refuse_parallelism(sc)
+    archs = list(getattr(target, "architectures", None) or [])
+    if not set(archs) & set(SUPPORTED_ARCHITECTURES):
+        raise FirpConfigError(
+            f"speculative method 'firp' supports {', '.join(SUPPORTED_ARCHITECTURES)}; the served model is {archs}"
+        )
+
+    heads_dir = os.path.abspath(os.path.expanduser(sc.model))
+    cfg = load_heads_config(heads_dir, target)
+    n = sc.num_speculative_tokens or cfg.K
+    if n > cfg.K:
+        raise FirpConfigError(
+            f"num_speculative_tokens={n} exceeds the {cfg.K} future tokens the FIRP heads in {heads_dir} "
+            f"were trained for; use num_speculative_tokens <= {cfg.K} (or omit it to use {cfg.K})"
+        )
+    if n > MAX_SPEC_LEN:
+        raise FirpConfigError(f"num_speculative_tokens={n} exceeds vLLM's rejection sampler limit {MAX_SPEC_LEN}")
+
+    draft = copy.copy(target)  # FIRP drafts with the served model: never load a model from the heads dir
+    draft.hf_config = copy.deepcopy(target.hf_config)
+    draft.hf_config.eagle_aux_hidden_state_layer_ids = [cfg.inject_layers[0]]  # the runner's aux layer
+    draft.hf_config.firp = {"heads_dir": heads_dir, "config": cfg.to_dict()}
+    sc.model = heads_dir
+    sc.num_speculative_tokens = n
+    sc.draft_model_config = draft
+    sc.draft_parallel_config = sc.target_parallel_config
+    sc.prompt_lookup_max = sc.prompt_lookup_min = 0  # as vLLM does for custom_class
+
+
+def load_heads_config(heads_dir: str, target: Any) -> FirpConfig:
+    """Load the heads once (config, safetensors, NaN/Inf, shapes vs the served model) and check v0 scope."""
+    try:
+        heads = FirpHeads.from_pretrained(heads_dir, target.hf_text_config)
+    except FirpCheckpointError as e:
+        raise FirpConfigError(f"speculative method 'firp': unusable FIRP heads for {target.model}: {e}") from e
+    cfg = heads.config
+    if len(set(cfg.inject_layers)) != 1:
+        raise FirpConfigError(
+            f"FIRP heads in {heads_dir} inject pseudo tokens at different layers {cfg.inject_layers}; the vLLM "
+            "plugin supports one inject layer for all pseudo tokens (exact two-pass drafting). Use the reference "
+            "engine (vllm_firp.engine), which supports per-token inject layers, or train heads with one layer."
+        )
+    if not cfg.pseudo_attend_each_other:
+        raise FirpConfigError(
+            f"FIRP heads in {heads_dir} were trained with pseudo_attend_each_other=false; the vLLM plugin runs "
+            "pseudo tokens causally (each sees the earlier ones). Use the reference engine (vllm_firp.engine)."
+        )
+    return cfg
+
+
+def _refuse_unused_fields(sc: Any) -> None:
+    defaults = {f.name: _default(f) for f in fields(sc)}
+    bad = [name for name in UNUSED_FIELDS if name in defaults and getattr(sc, name) != defaults[name]]
+    if bad:
+        raise FirpConfigError(
+            f"speculative_config field(s) {', '.join(bad)} are not supported with method 'firp' (FIRP drafts "
+            "with the served model itself, one top-1 chain, verified by vLLM's standard rejection sampler)"
+        )
+    if sc.tensor_parallel_size is not None:
+        raise FirpConfigError("'tensor_parallel_size' is not a speculative_config field; FIRP uses the target's TP")
+
+
+def _default(f: Any) -> Any:
+    d = f.default
+    return getattr(d, "default", d)  # pydantic Field(...) keeps the default on a FieldInfo
+
+
+def _refuse_parallelism(sc: Any) -> None:
+    pc = sc.target_parallel_config
+    if pc is None:
+        return
+    tp = pc.tensor_parallel_size
+    if sc.draft_tensor_parallel_size not in (None, tp):
+        raise FirpConfigError(
+            f"draft_tensor_parallel_size={sc.draft_tensor_parallel_size}: FIRP drafts with the served model's "
+            f"own layers, so it always runs at the target's tensor parallel size ({tp}); omit the field"
+        )
+    for name, what in (
+        ("pipeline_parallel_size", "pipeline parallelism"),
+        ("data_parallel_size", "data parallelism"),
+        ("decode_context_parallel_size", "decode context parallelism"),
+        ("prefill_context_parallel_size", "prefill context parallelism"),
+    ):
+        if getattr(pc, name, 1) > 1:
+            raise FirpConfigError(f"speculative method 'firp' does not support {what} ({name}={getattr(pc, name)})")
+
+
+def validate_vllm_config(vc: Any) -> None:
+    """Cross-config checks that need the whole VllmConfig (``VllmConfig.__post_init__``)."""
+    problems = []
+    if vc.lora_config is not None:
+        problems.append("LoRA adapters (the FIRP heads are trained for the base model's hidden states)")
+    if vc.kv_transfer_config is not None:
+        problems.append("KV connectors / disaggregated prefill (pseudo K/V would be transferred)")
+    if getattr(vc.parallel_config, "enable_expert_parallel", False):
+        problems.append("expert parallelism")
+    if problems:
+        raise FirpConfigError("speculative method 'firp' does not support " + "; ".join(problems))
+
+
+__all__ = [
+    "FirpConfigError",
+    "MAX_SPEC_LEN",
+    "METHOD",
+    "SUPPORTED_ARCHITECTURES",
+    "finish_speculative_config",
+    "firp_info",
+    "is_firp",
+    "load_heads_config",
+    "validate_vllm_config",
+]
