@@ -1,0 +1,251 @@
+"""Prompt sources and the on-disk token-sequence store shared by generate_data, train and evaluate.
+
+A data directory holds ``sequences.jsonl`` (one ``{"key", "prompt_len", "ids", "finish"}`` per line:
+prompt + response token ids) and ``meta.json`` (the model and generation settings that made it).
+Lines are appended as batches finish, so an interrupted run resumes by skipping the keys it has.
+Train/eval split is by a hash of each sequence's key, so it is stable and needs no second file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SEQUENCES = "sequences.jsonl"
+META = "meta.json"
+
+
+class DataError(ValueError):
+    """Unusable input data; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    key: str  # stable identity (resume skips keys already generated)
+    ids: list[int]
+
+
+@dataclass(frozen=True)
+class TokenSequence:
+    key: str
+    ids: list[int]  # prompt + response
+    prompt_len: int
+
+    def window(self, seq_len: int) -> TokenSequence:
+        """The last ``seq_len`` tokens (keeps the response, which is what drafting sees)."""
+        if len(self.ids) <= seq_len:
+            return self
+        cut = len(self.ids) - seq_len
+        return TokenSequence(self.key, self.ids[cut:], max(0, self.prompt_len - cut))
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_heldout(key: str, percent: float) -> bool:
+    """Deterministic split by key: about ``percent`` % of sequences are held out for evaluation."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 10000 < percent * 100
+
+
+# ------------------------------------------------------------------------------------- prompts
+
+
+def read_prompt_records(path: str | Path) -> list[dict[str, Any]]:
+    """Records from a prompts file.
+
+    ``.jsonl``: one JSON object per line with ``"prompt"`` (text), ``"messages"`` (chat turns) or
+    ``"prompt_ids"`` (token ids). ``.json``: a list of such objects. Anything else: plain text, one
+    prompt per non-blank line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise DataError(f"prompts file {path} does not exist") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read prompts file {path}: {e}") from e
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                records.append(_parse_json(line, f"{path}:{n}"))
+    elif path.suffix == ".json":
+        records = _parse_json(text, str(path))
+        if not isinstance(records, list):
+            raise DataError(f"{path}: a .json prompts file must hold a list of records")
+    else:
+        records = [{"prompt": line} for line in text.splitlines() if line.strip()]
+    if not records:
+        raise DataError(f"prompts file {path} holds no prompts")
+    for i, rec in enumerate(records):
+        if isinstance(rec, str):
+            records[i] = rec = {"prompt": rec}
+        if not isinstance(rec, dict) or not ({"prompt", "messages", "prompt_ids"} & rec.keys()):
+            raise DataError(f"{path}: record {i + 1} has none of 'prompt', 'messages', 'prompt_ids'")
+    return records
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e})") from e
+
+
+def encode_prompts(records: Sequence[dict[str, Any]], tokenizer: Any | None, as_chat: bool = False) -> list[Prompt]:
+    """Token ids of each record; chat turns go through the tokenizer's chat template.
+
+    For ``messages``, turns after the last user turn are dropped: the model writes its own reply
+    (self-distillation). ``as_chat`` wraps plain ``prompt`` text as a single user turn.
+    """
+    prompts = []
+    for i, rec in enumerate(records):
+        if "prompt_ids" in rec:
+            ids = rec["prompt_ids"]
+            if not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids):
+                raise DataError(f"record {i + 1}: prompt_ids must be a list of token ids")
+            prompts.append(Prompt(_key(["ids", ids]), list(ids)))
+            continue
+        if tokenizer is None:
+            raise DataError("text prompts need a tokenizer, and none was found with the model")
+        messages = rec.get("messages")
+        if messages is None and as_chat:
+            messages = [{"role": "user", "content": rec["prompt"]}]
+        if messages is not None:
+            ids = _chat_ids(messages, tokenizer, i)
+            prompts.append(Prompt(_key(["chat", messages]), ids))
+        else:
+            ids = tokenizer(rec["prompt"], add_special_tokens=True)["input_ids"]
+            prompts.append(Prompt(_key(["text", rec["prompt"]]), list(ids)))
+    return prompts
+
+
+def _chat_ids(messages: Any, tokenizer: Any, i: int) -> list[int]:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise DataError(f"record {i + 1}: messages must be a list of {{'role', 'content'}} objects")
+    users = [j for j, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
+        raise DataError(f"record {i + 1}: the conversation has no user turn")
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "the prompts are chat conversations but the tokenizer has no chat template; "
+            "give plain {'prompt': text} records instead"
+        )
+    turns = messages[: users[-1] + 1]
+    out = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return [int(t) for t in out]
+
+
+def cut_text_prompts(
+    files: Sequence[str | Path], tokenizer: Any, num_prompts: int, prompt_tokens: int, seed: int = 0
+) -> list[Prompt]:
+    """Prompts of ``prompt_tokens`` tokens cut at random non-overlapping offsets of a text corpus.
+
+    Each file is tokenized on its own (no prompt spans two files); the first token is the
+    tokenizer's BOS when it adds one, as at inference.
+    """
+    if num_prompts < 1 or prompt_tokens < 1:
+        raise DataError("num_prompts and prompt_tokens must be >= 1")
+    prefix = _special_prefix(tokenizer)
+    body = prompt_tokens - len(prefix)
+    windows: list[tuple[str, list[int], int]] = []
+    for f in files:
+        path = Path(f)
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise DataError(f"cannot read text file {path}: {e}") from e
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids) - body + 1, body):
+            windows.append((str(path), prefix + ids[start : start + body], start))
+    if not windows:
+        raise DataError(f"the text files hold no window of {prompt_tokens} tokens (files: {len(files)})")
+    random.Random(seed).shuffle(windows)
+    return [Prompt(_key(["textfile", name, start, prompt_tokens]), ids) for name, ids, start in windows[:num_prompts]]
+
+
+def _special_prefix(tokenizer: Any) -> list[int]:
+    """Tokens the tokenizer puts before any text (e.g. BOS), so cut prompts start like real ones."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return list(full[: len(full) - len(plain)]) if full[len(full) - len(plain) :] == plain else []
+
+
+# ------------------------------------------------------------------------------------ sequences
+
+
+class SequenceStore:
+    """Append-only ``sequences.jsonl`` + ``meta.json`` in a directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.path = self.dir / SEQUENCES
+
+    def open(self, meta: dict[str, Any], overwrite: bool = False) -> set[str]:
+        """Create or reopen the store; returns the keys already done. Refuses other settings' data."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta_path = self.dir / META
+        if overwrite:
+            self.path.unlink(missing_ok=True)
+        elif meta_path.is_file() and self.path.is_file():
+            old = json.loads(meta_path.read_text())
+            diff = sorted(k for k in meta if k in old and old[k] != meta[k])
+            if diff:
+                raise DataError(
+                    f"{self.dir} holds sequences made with other settings ({', '.join(diff)} differ); "
+                    "use another --out or pass --overwrite"
+                )
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        return {s.key for s in self.read()} if self.path.is_file() else set()
+
+    def append(self, sequences: Iterable[tuple[TokenSequence, str]]) -> None:
+        with open(self.path, "a") as fh:
+            for seq, finish in sequences:
+                rec = {"key": seq.key, "prompt_len": seq.prompt_len, "ids": seq.ids, "finish": finish}
+                fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+
+    def read(self) -> list[TokenSequence]:
+        """All complete records; a torn last line (killed mid-write) is ignored."""
+        out = []
+        lines = self.path.read_text().splitlines()
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out.append(TokenSequence(rec["key"], [int(t) for t in rec["ids"]], int(rec["prompt_len"])))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                if n == len(lines):
+                    break
+                raise DataError(f"{self.path}:{n}: not a sequence record ({e})") from e
+        return out
+
+
+def load_sequences(
+    path: str | Path, split: str = "train", holdout_percent: float = 0.0, min_len: int = 2
+) -> list[TokenSequence]:
+    """Sequences of a data dir (or its ``sequences.jsonl``) for ``split`` in train|eval|all."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    store = SequenceStore(directory)
+    if path.is_file():
+        store.path = path
+    if not store.path.is_file():
+        raise DataError(f"no {SEQUENCES} in {directory}: run `python -m training.generate_data` first")
+    seqs = [s for s in store.read() if len(s.ids) >= min_len]
+    if split not in ("train", "eval", "all"):
+        raise ValueError(f"split must be train, eval or all, not {split!r}")
+    if split != "all":
+        seqs = [s for s in seqs if is_heldout(s.key, holdout_percent) == (split == "eval")]
+    if not seqs:
+        raise DataError(
+            f"{store.path} has no usable sequences for split {split!r} "
+            f"(need >= {min_len} tokens; holdout {holdout_percent}%)"
+        )
+    return seqs
