@@ -175,3 +175,37 @@ def test_medusa_trains_and_drafts_in_the_engine(workdir: Path) -> None:
     med = engine.generate([5, 9], 24, tree=chain_tree(3), drafter=drafter)
     assert med.tokens == plain.tokens
     assert med.stats.mean_accepted > 1.5
+
+
+def test_evaluate_cli_writes_json_and_plot(workdir: Path, trained: tuple[Path, dict]) -> None:
+    heads_dir, _ = trained
+    out = workdir / "eval"
+    rc = ev.main(["--model", str(workdir / "model"), "--heads", str(heads_dir), "--data", str(workdir / "data"),
+                  "--out-dir", str(out), "--engine-prompts", "2", "--engine-max-new-tokens", "12", "--quiet"])
+    assert rc == 0 and (out / "eval.png").stat().st_size > 0
+    rep = json.loads((out / "eval.json").read_text())
+    assert rep["split"] == "eval" and rep["sequences"] == len(load_sequences(workdir / "data", "eval", 10))
+    assert set(rep["tau_tree"]) == {"8", "16", "32"} and len(rep["rank_probs"]) == 3
+    assert rep["engine"]["chain"]["tau"] > 3 and rep["engine"]["tree32"]["tau"] > 3
+
+
+def test_heads_options_reach_the_checkpoint(workdir: Path) -> None:
+    args = train_args(workdir, "opts", "--steps", "2", "--inject-layer", "1,2,3", "--source", "anchor",
+                      "--residual", "--no-bias", "--no-pseudo-attend-each-other", "--loss-weights", "1,0.5,0.25",
+                      "--anchors-per-seq", "4", "-K", "3")
+    train.train(train.build_parser().parse_args(args))
+    heads = FirpHeads.from_pretrained(workdir / "opts")
+    cfg = heads.config
+    assert (cfg.inject_layers, cfg.source, cfg.residual, cfg.bias, cfg.pseudo_attend_each_other) == (
+        [1, 2, 3], "anchor", True, False, False)
+    assert cfg.training["loss_weights"] == [1.0, 0.5, 0.25] and cfg.training["anchors_per_seq"] == 4
+    with pytest.raises(FirpCheckpointError, match="different heads settings"):
+        train.train(train.build_parser().parse_args(
+            train_args(workdir, "opts2", "--steps", "4", "--resume", str(workdir / "opts-checkpoints" / "step-0000002"))))
+
+
+@pytest.mark.parametrize("module", [generate_data, train, ev])
+def test_cli_help(module, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0 and "--" in capsys.readouterr().out

@@ -202,7 +202,17 @@ class SequenceStore:
                     "use another --out or pass --overwrite"
                 )
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-        return {s.key for s in self.read()} if self.path.is_file() else set()
+        if not self.path.is_file():
+            return set()
+        self._drop_torn_tail()
+        return {s.key for s in self.read()}
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line left unfinished by a killed run, so appends start on a fresh line."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
 
     def append(self, sequences: Iterable[tuple[TokenSequence, str]]) -> None:
         with open(self.path, "a") as fh:

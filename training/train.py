@@ -231,7 +231,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
         if world > 1:
             for p in heads.parameters():
-                _all_reduce(p.grad, world).div_(world)
+                if p.grad is not None:
+                    _all_reduce(p.grad, world).div_(world)
         if args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(heads.parameters(), args.max_grad_norm)
         opt.step()

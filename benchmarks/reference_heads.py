@@ -1,0 +1,226 @@
+"""FIRP (or Medusa) heads for the project's reference model, trained once and cached.
+
+Pipeline: ``benchmarks.reference_model`` (the model) -> prompts cut from the stdlib *training* split ->
+the model's own greedy responses (``training.generate_data``) -> ``training.train``. The result lives
+in ``$VLLM_FIRP_CACHE/heads/<size>-<method>-<hash>`` (default cache ``~/.cache/vllm-firp``); the hash
+covers the recipe, the method, the model's own cache key and this file's CODE_VERSION, so a change to
+any of them builds new heads. Builds go through a temp directory and an atomic rename.
+
+    python -m benchmarks.reference_heads --size micro --method firp
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+CODE_VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsRecipe:
+    """Data + training settings of reference heads (every field is part of the cache key)."""
+
+    num_prompts: int
+    prompt_tokens: int
+    max_new_tokens: int
+    steps: int
+    grad_accum: int
+    lr: float
+    warmup: int
+    seq_len: int
+    anchors_per_seq: int = 0  # 0 = every response position
+    num_future_tokens: int = 3
+    inject_layer: int | None = None  # None = FirpConfig.for_model's default
+    source: str = "previous"
+    residual: bool = False
+    gen_batch_size: int = 64
+    backend: str = "hf"  # vLLM's start-up alone would exceed the micro budget on CPU
+    holdout_percent: float = 5.0
+    seed: int = 0
+
+
+RECIPES: dict[str, HeadsRecipe] = {
+    # <= ~4 minutes on 2 CPU cores, model build excluded.
+    "micro": HeadsRecipe(num_prompts=192, prompt_tokens=64, max_new_tokens=96, steps=150, grad_accum=4,
+                         lr=3e-3, warmup=15, seq_len=160),
+    "small": HeadsRecipe(num_prompts=1024, prompt_tokens=128, max_new_tokens=192, steps=1000, grad_accum=8,
+                         lr=2e-3, warmup=50, seq_len=320),
+}
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("VLLM_FIRP_CACHE", Path.home() / ".cache" / "vllm-firp"))
+
+
+def _recipe(size: str, overrides: dict[str, Any]) -> HeadsRecipe:
+    if size not in RECIPES:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(RECIPES)}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(HeadsRecipe)})
+    if unknown:
+        raise TypeError(f"unknown recipe override(s) {unknown}; fields: {[f.name for f in dataclasses.fields(HeadsRecipe)]}")
+    return dataclasses.replace(RECIPES[size], **overrides)
+
+
+def reference_heads_dir(size: str = "micro", method: str = "firp", cache_dir: str | Path | None = None,
+                        **overrides: Any) -> Path:
+    """Where the heads for (size, method, recipe) live in the cache; builds nothing."""
+    from benchmarks.reference_model import reference_model_dir
+
+    if method not in ("firp", "medusa"):
+        raise ValueError(f"method must be 'firp' or 'medusa', not {method!r}")
+    recipe = _recipe(size, overrides)
+    key = {"recipe": dataclasses.asdict(recipe), "method": method, "code_version": CODE_VERSION,
+           "model": reference_model_dir(size, _cache_root(cache_dir)).name}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return _cache_root(cache_dir) / "heads" / f"{size}-{method}-{digest}"
+
+
+def _complete(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """One build per cache entry across processes; later callers wait and reuse it."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_reference_heads(size: str = "micro", method: str = "firp", cache_dir: str | Path | None = None, *,
+                           progress: bool = True, **overrides: Any) -> Path:
+    """The cached heads directory for the reference model of ``size``, trained on first use.
+
+    ``overrides`` replace fields of the size's :class:`HeadsRecipe` (and so change the cache key).
+    """
+    final = reference_heads_dir(size, method, cache_dir, **overrides)
+    if _complete(final):
+        return final
+    with _locked(final.parent / f".{final.name}.lock"):
+        if _complete(final):
+            return final
+        if final.exists():
+            shutil.rmtree(final)  # only ever created by rename of a complete build; be safe anyway
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            build_heads(tmp, size, method, _recipe(size, overrides), cache_dir, progress=progress)
+            os.rename(tmp / "heads", final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def build_heads(work: Path, size: str, method: str, recipe: HeadsRecipe, cache_dir: str | Path | None = None,
+                *, progress: bool = True) -> dict[str, Any]:
+    """Generate data and train into ``work/heads`` (``work/data`` and ``work/ckpt`` are scratch)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from benchmarks.reference_model import ensure_reference_model, stdlib_files
+    from training import train
+    from training.data import cut_text_prompts
+    from training.generate_data import GenerationSettings, generate_data
+
+    torch.set_num_threads(int(os.environ.get("VLLM_FIRP_THREADS", min(2, os.cpu_count() or 1))))
+    model_dir = ensure_reference_model(size, Path(cache_dir) if cache_dir else None, progress=progress)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    files = stdlib_files("train")
+    random.Random(recipe.seed).shuffle(files)
+    files = files[: max(32, recipe.num_prompts // 4)]  # plenty of windows; tokenizing all would be slow
+    prompts = cut_text_prompts(files, tokenizer, recipe.num_prompts, recipe.prompt_tokens, recipe.seed)
+    settings = GenerationSettings(max_new_tokens=recipe.max_new_tokens, seed=recipe.seed)
+    gen = generate_data(str(model_dir), prompts, work / "data", settings, backend=recipe.backend,
+                        batch_size=recipe.gen_batch_size, progress=progress)
+    t_data = time.perf_counter() - t0
+    argv = ["--model", str(model_dir), "--data", str(work / "data"), "--out", str(work / "heads"),
+            "--checkpoint-dir", str(work / "ckpt"), "--method", method,
+            "--num-future-tokens", str(recipe.num_future_tokens), "--source", recipe.source,
+            "--steps", str(recipe.steps), "--grad-accum", str(recipe.grad_accum), "--lr", str(recipe.lr),
+            "--warmup", str(recipe.warmup), "--seq-len", str(recipe.seq_len),
+            "--anchors-per-seq", str(recipe.anchors_per_seq), "--holdout-percent", str(recipe.holdout_percent),
+            "--seed", str(recipe.seed), "--keep-checkpoints", "1"]
+    if recipe.inject_layer is not None:
+        argv += ["--inject-layer", str(recipe.inject_layer)]
+    if recipe.residual:
+        argv.append("--residual")
+    if not progress:
+        argv.append("--quiet")
+    summary = train.train(train.build_parser().parse_args(argv))
+    summary.update(data=gen, data_seconds=round(t_data, 2), total_seconds=round(time.perf_counter() - t0, 2))
+    if progress:
+        print(f"[reference_heads] {size}/{method}: data {t_data:.0f}s, total {summary['total_seconds']:.0f}s, "
+              f"final top-1 {summary['final'].get('top1')}", file=sys.stderr)
+    return summary
+
+
+def evaluate_reference_heads(size: str = "micro", method: str = "firp", cache_dir: str | Path | None = None, *,
+                             num_prompts: int = 32, engine_prompts: int = 8, progress: bool = True,
+                             **overrides: Any) -> dict[str, Any]:
+    """Evaluate cached reference heads on fresh greedy data from *held-out* stdlib files.
+
+    Writes ``<heads>-eval/{prompts.jsonl, data/, eval.json, eval.png}`` and returns the report.
+    """
+    from benchmarks.reference_model import ensure_reference_model, write_heldout_prompts
+    from training import evaluate
+    from training.data import encode_prompts, read_prompt_records
+    from training.generate_data import GenerationSettings, generate_data, load_tokenizer
+
+    heads = ensure_reference_heads(size, method, cache_dir, progress=progress, **overrides)
+    recipe = _recipe(size, overrides)
+    model_dir = ensure_reference_model(size, Path(cache_dir) if cache_dir else None, progress=progress)
+    out = heads.with_name(heads.name + "-eval")
+    write_heldout_prompts(out / "prompts.jsonl", num_prompts, recipe.prompt_tokens, model_dir, seed=recipe.seed)
+    prompts = encode_prompts(read_prompt_records(out / "prompts.jsonl"), load_tokenizer(str(model_dir)))
+    generate_data(str(model_dir), prompts, out / "data", GenerationSettings(max_new_tokens=recipe.max_new_tokens),
+                  backend=recipe.backend, batch_size=recipe.gen_batch_size, progress=progress)
+    argv = ["--model", str(model_dir), "--heads", str(heads), "--data", str(out / "data"), "--out-dir", str(out),
+            "--split", "all", "--seq-len", str(recipe.seq_len), "--engine-prompts", str(engine_prompts)]
+    return evaluate.run(evaluate.build_parser().parse_args(argv + ([] if progress else ["--quiet"])))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reference_heads",
+                                description="Build (or find) the cached FIRP/Medusa heads of the reference model.")
+    p.add_argument("--size", choices=sorted(RECIPES), default="micro", help="reference model size (default micro)")
+    p.add_argument("--method", choices=["firp", "medusa"], default="firp", help="heads to train (default firp)")
+    p.add_argument("--cache-dir", type=Path, help="cache root (default: $VLLM_FIRP_CACHE or ~/.cache/vllm-firp)")
+    p.add_argument("--path", action="store_true", help="print the cache directory without building")
+    p.add_argument("--evaluate", action="store_true", help="then evaluate on fresh greedy data from held-out "
+                   "stdlib files (training.evaluate, 32 prompts, engine tau on 8); writes <heads>-eval/")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    args = p.parse_args(argv)
+    if args.path:
+        print(reference_heads_dir(args.size, args.method, args.cache_dir))
+        return 0
+    heads = ensure_reference_heads(args.size, args.method, args.cache_dir, progress=not args.quiet)
+    print(heads)
+    if args.evaluate:
+        report = evaluate_reference_heads(args.size, args.method, args.cache_dir, progress=not args.quiet)
+        keys = ("top1_vs_greedy", "top5_vs_greedy", "tau_chain", "engine")
+        print(json.dumps({k: report.get(k) for k in keys}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
