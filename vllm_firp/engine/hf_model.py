@@ -127,7 +127,7 @@ def forward_rows(
     inject = [0] * (parts.num_layers + 1)  # inject[l] = pseudo tokens alive after layer l
     for t in heads.config.inject_layers[:K] if K else []:
         inject[t] += 1
-    alive = [sum(inject[: l + 1]) for l in range(parts.num_layers + 1)]
+    alive = [sum(inject[: n + 1]) for n in range(parts.num_layers + 1)]
     rows_per_layer = [layout.rows_alive(alive[i]) for i in range(parts.num_layers)]  # layer i+1 sees alive[i]
     masks = _layer_masks(parts, layout, positions, past_len, rows_per_layer)
 
