@@ -4,6 +4,10 @@ random Llama; trained FIRP heads when they exist, else identity-initialised head
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +28,38 @@ class DevModels:
         return f"model={self.model} ({self.model_source}); heads={self.heads} ({self.heads_source})"
 
 
-def tiny_llama(directory: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
-    """A 4-layer, hidden-128 random Llama with a small BPE tokenizer trained on local text."""
-    directory = Path(directory)
-    if (directory / "config.json").is_file() and (directory / "tokenizer.json").is_file():
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VLLM_FIRP_CACHE", Path.home() / ".cache" / "vllm-firp")) / "vllm-plugin"
+
+
+def _atomic(directory: Path, build: Callable[[Path], None]) -> Path:
+    """Build into a temp sibling and rename, so a half-written directory is never visible."""
+    if directory.is_dir():
         return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        build(tmp / "out")
+        try:
+            os.rename(tmp / "out", directory)
+        except OSError:  # built concurrently by another process: keep theirs
+            if not directory.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def tiny_llama(directory: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
+    """A 4-layer, hidden-128 random Llama (fp32) with a small BPE tokenizer and a chat template."""
+    return _atomic(Path(directory), lambda d: _build_tiny_llama(d, vocab_size, seed))
+
+
+def _build_tiny_llama(directory: Path, vocab_size: int, seed: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True)
     tok = PreTrainedTokenizerFast(tokenizer_object=_train_bpe(vocab_size), bos_token="<s>", eos_token="</s>")
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(directory)
@@ -47,7 +74,6 @@ def tiny_llama(directory: str | Path, vocab_size: int = 512, seed: int = 0) -> P
     with torch.no_grad():  # larger logits so greedy text is not a flat-distribution coin toss
         model.lm_head.weight.mul_(8.0)
     model.save_pretrained(directory, safe_serialization=True)
-    return directory
 
 
 def _train_bpe(vocab_size: int):
@@ -67,22 +93,22 @@ def _train_bpe(vocab_size: int):
     return tok
 
 
-def identity_heads(directory: str | Path, model_dir: str | Path, k: int = 3) -> Path:
+def identity_heads(directory: str | Path, model_dir: str | Path, k: int = 3, **kw: object) -> Path:
     """Identity-initialised FIRP heads for ``model_dir`` (pseudo k starts as a copy of the anchor state)."""
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
+
+    def build(d: Path) -> None:
         from transformers import AutoConfig
 
         from vllm_firp.core import FirpConfig, FirpHeads
 
-        hf = AutoConfig.from_pretrained(model_dir)
-        FirpHeads(FirpConfig.for_model(hf, k)).save_pretrained(directory)
-    return directory
+        FirpHeads(FirpConfig.for_model(AutoConfig.from_pretrained(model_dir), k, **kw)).save_pretrained(d)
+
+    return _atomic(Path(directory), build)
 
 
-def dev_models(cache_dir: str | Path, size: str = "micro", k: int = 3) -> DevModels:
+def dev_models(cache_dir: str | Path | None = None, size: str = "micro", k: int = 3) -> DevModels:
     """The best models available now, falling back step by step; ``describe()`` says which were used."""
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
         from benchmarks.reference_model import ensure_reference_model
 

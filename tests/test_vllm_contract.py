@@ -1,0 +1,219 @@
+"""Contract with vLLM 0.32: every symbol patches.py touches or relies on is where and what we expect.
+
+If a vLLM upgrade moves or renames any of them, a test here fails and names it; re-read
+docs/vllm-integration-notes.md against the new source before touching the version pin.
+"""
+
+import importlib
+import inspect
+from dataclasses import fields
+from typing import Literal, get_args, get_origin
+
+import pytest
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' or the CPU build)")
+pytestmark = pytest.mark.vllm
+
+from vllm_firp.vllm_plugin import config as fc  # noqa: E402
+from vllm_firp.vllm_plugin import patches  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _plugin():
+    assert patches.apply(), "the plugin refused to patch this vLLM"
+
+
+def _resolve(module: str, qualname: str):
+    owner_name, attr = qualname.split(".")
+    owner = getattr(importlib.import_module(module), owner_name, None)
+    assert owner is not None, f"{module}.{owner_name} is gone (vLLM {vllm.__version__})"
+    if attr in getattr(owner, "__dataclass_fields__", {}):
+        return owner.__dataclass_fields__[attr]
+    assert attr in owner.__dict__, f"{module}.{qualname} is gone or inherited now (vLLM {vllm.__version__})"
+    return owner.__dict__[attr]
+
+
+def _original(owner: type, name: str):
+    """The unpatched function (a property's getter for properties)."""
+    attr = owner.__dict__[name]
+    fn = attr.fget if isinstance(attr, property) else attr
+    orig = getattr(fn, "__wrapped_original__", attr)
+    return orig.fget if isinstance(orig, property) else orig
+
+
+def _params(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def test_vllm_version_is_the_pinned_one():
+    assert vllm.__version__.startswith(patches.SUPPORTED_VLLM), (
+        f"vllm-firp is written against vLLM {patches.SUPPORTED_VLLM}x, found {vllm.__version__}: re-check "
+        "every row of the table in vllm_firp/vllm_plugin/patches.py"
+    )
+    assert patches.version_ok("0.32.0") and not patches.version_ok("0.33.0")
+
+
+@pytest.mark.parametrize("module,qualname", patches.PATCHED)
+def test_patched_symbol_exists_and_is_wrapped_once(module, qualname):
+    obj = _resolve(module, qualname)
+    if qualname.endswith(".method"):
+        return  # a dataclass field, checked below
+    fn = obj.fget if isinstance(obj, property) else obj
+    assert getattr(fn, "__firp_patched__", False), f"{module}.{qualname} is not patched"
+    assert not getattr(fn.__wrapped_original__, "__firp_patched__", False), "patched twice"
+    patches.apply()  # idempotent
+    again = _resolve(module, qualname)
+    assert (again.fget if isinstance(again, property) else again) is fn
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_method_literal_extended_for_pydantic_and_cli():
+    from vllm.config import SpeculativeConfig
+    from vllm.config.speculative import SpeculativeMethod
+    from vllm.engine.arg_utils import get_kwargs
+
+    lit = get_args(SpeculativeConfig.__dataclass_fields__["method"].type)[0]
+    assert get_origin(lit) is Literal
+    assert set(get_args(SpeculativeMethod)) < set(get_args(lit)) and "firp" in get_args(lit)
+    assert "firp" not in get_args(SpeculativeMethod), "upstream now has a 'firp' method: drop patch 1"
+    assert "firp" in get_kwargs(SpeculativeConfig)["method"]["choices"]
+    assert "custom_class" in get_args(SpeculativeMethod)
+
+
+def test_speculative_config_hooks_we_rely_on():
+    from vllm.config import SpeculativeConfig
+
+    names = {f.name for f in fields(SpeculativeConfig)}
+    assert {"method", "model", "num_speculative_tokens", "draft_model_config", "draft_parallel_config",
+            "target_model_config", "target_parallel_config", "draft_tensor_parallel_size"} <= names
+    missing = set(fc.UNUSED_FIELDS) - names
+    assert not missing, f"SpeculativeConfig fields renamed/removed: {missing}"
+    src = inspect.getsource(_original(SpeculativeConfig, "compute_hash"))
+    for m in ("eagle3", "extract_hidden_states", "dflash", "dspark"):
+        assert f'"{m}"' in src
+    assert "firp" not in src
+    post = inspect.getsource(_original(SpeculativeConfig, "__post_init__"))
+    assert 'elif self.method == "custom_class":' in post
+    assert "use_eagle" in dir(SpeculativeConfig) and "uses_draft_model" in dir(SpeculativeConfig)
+
+
+def test_vllm_config_hooks_we_rely_on():
+    from vllm.config import VllmConfig
+
+    assert isinstance(VllmConfig.__dict__["num_lookahead_tokens"], property)
+    src = inspect.getsource(_original(VllmConfig, "num_lookahead_tokens"))
+    assert "use_eagle()" in src and "return 0" in src
+    v2 = inspect.getsource(VllmConfig.__dict__["use_v2_model_runner"].fget)
+    assert "_get_v2_model_runner_unsupported_features()" in v2
+    post = inspect.getsource(_original(VllmConfig, "__post_init__"))
+    assert "_validate_v2_model_runner()" in post
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    assert "vllm_config.num_lookahead_tokens" in inspect.getsource(Scheduler.__init__)
+
+
+def test_cli_spec_shorthands_exist():
+    from vllm.engine.arg_utils import EngineArgs
+
+    assert {"spec_method", "spec_model", "spec_tokens"} <= {f.name for f in fields(EngineArgs)}
+    src = inspect.getsource(EngineArgs.add_cli_args)
+    for flag in ("--speculative-config", "--spec-method", "--spec-model", "--spec-tokens"):
+        assert f'"{flag}"' in src
+
+
+# ---------------------------------------------------------------------------------------------- runner
+def test_runner_construction_path():
+    from vllm.v1.spec_decode.custom_class_proposer import create_custom_proposer
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    src = inspect.getsource(_original(GPUModelRunner, "__init__"))
+    assert 'self.speculative_config.method == "custom_class"' in src
+    assert "create_custom_proposer(" in src and "Unknown speculative decoding method" in src
+    assert "self.use_aux_hidden_state_outputs = False" in src
+    assert _params(create_custom_proposer) == ["vllm_config"]
+    assert issubclass(CPUModelRunner, GPUModelRunner)
+    assert "super().__init__(vllm_config, device)" in inspect.getsource(CPUModelRunner.__init__)
+    for name in ("initialize_metadata_builders", "propose_draft_token_ids", "sample_tokens"):
+        assert name not in CPUModelRunner.__dict__, f"CPUModelRunner now overrides {name}"
+    load = inspect.getsource(CPUModelRunner.load_model)
+    assert "self.drafter.load_model(self.model)" in load and "_setup_eagle3_aux_hidden_state_outputs" in load
+    gpu_load = inspect.getsource(GPUModelRunner.load_model)
+    assert "self.drafter.load_model(self.model)" in gpu_load
+
+
+def test_propose_draft_token_ids_contract():
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    assert _params(_original(GPUModelRunner, "propose_draft_token_ids")) == [
+        "self", "scheduler_output", "sampled_token_ids", "sampling_metadata", "hidden_states",
+        "sample_hidden_states", "aux_hidden_states", "spec_decode_metadata", "common_attn_metadata",
+        "slot_mappings",
+    ]
+    assert _params(GPUModelRunner.propose_draft_token_ids) == _params(
+        _original(GPUModelRunner, "propose_draft_token_ids")
+    )
+    src = inspect.getsource(GPUModelRunner.sample_tokens)
+    assert "draft_after_bookkeeping" in src and "propose_draft_token_ids(valid_sampled_token_ids)" in src
+    assert "drafter_runs_model_forward = (" in src and "_input_fits_in_drafter" in src
+    fits = inspect.getsource(GPUModelRunner._input_fits_in_drafter)
+    assert "effective_drafter_max_model_len" in fits
+
+
+def test_metadata_builders_and_attention_groups():
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm.v1.worker.utils import AttentionGroup
+
+    orig = _original(GPUModelRunner, "initialize_metadata_builders")
+    assert _params(orig) == ["self", "kv_cache_config", "kernel_block_sizes"]
+    assert {"backend", "layer_names", "kv_cache_spec", "kv_cache_group_id"} <= {f.name for f in fields(AttentionGroup)}
+    assert _params(AttentionGroup.create_metadata_builders)[:4] == ["self", "vllm_config", "device", "kernel_block_size"]
+    assert _params(AttentionGroup.build_metadata)[:2] == ["self", "common_attn_metadata"]
+
+
+def test_aux_hidden_state_path():
+    from vllm.model_executor.models.interfaces import EagleModelMixin
+    from vllm.model_executor.models.llama import LlamaModel
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    src = inspect.getsource(GPUModelRunner._get_eagle3_aux_layers_from_config)
+    assert "eagle_aux_hidden_state_layer_ids" in src
+    fwd = inspect.getsource(LlamaModel.forward)
+    assert "aux_hidden_states, idx + 1, hidden_states, residual" in fwd  # aux id t = stream after t layers
+    assert "self.norm(hidden_states, residual)" in fwd
+    assert issubclass(LlamaModel, EagleModelMixin)
+    add = inspect.getsource(EagleModelMixin._maybe_add_hidden_state)
+    assert "hidden_states + residual" in add
+
+
+@pytest.mark.parametrize("module,cls", [
+    ("vllm.model_executor.models.llama", "LlamaDecoderLayer"),
+    ("vllm.model_executor.models.qwen2", "Qwen2DecoderLayer"),
+    ("vllm.model_executor.models.qwen3", "Qwen3DecoderLayer"),
+])
+def test_decoder_layer_signature(module, cls):
+    layer = getattr(importlib.import_module(module), cls)
+    assert _params(layer.forward)[:4] == ["self", "positions", "hidden_states", "residual"]
+    assert "if residual is None:" in inspect.getsource(layer.forward)
+
+
+def test_attention_context_contract():
+    from vllm.forward_context import set_forward_context
+    from vllm.model_executor.layers.attention.attention import get_attention_context
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+    from vllm.v1.sample import rejection_sampler
+
+    assert {"attn_metadata", "vllm_config", "num_tokens", "slot_mapping"} <= set(_params(set_forward_context))
+    assert "slot_mapping.get(layer_name)" in inspect.getsource(get_attention_context)
+    names = {f.name for f in fields(CommonAttentionMetadata)}
+    assert {"query_start_loc", "query_start_loc_cpu", "seq_lens", "num_reqs", "num_actual_tokens",
+            "max_query_len", "max_seq_len", "block_table_tensor", "slot_mapping", "causal", "positions",
+            "seq_lens_cpu_upper_bound"} <= names
+    assert rejection_sampler.MAX_SPEC_LEN == fc.MAX_SPEC_LEN
+
+
+def test_drafts_for_unknown_prefill_chunks_are_dropped_by_the_scheduler():
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    src = inspect.getsource(Scheduler.update_draft_token_ids)
+    assert "request.is_prefill_chunk" in src
