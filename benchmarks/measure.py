@@ -1,0 +1,215 @@
+"""Side-by-side measurement of decoding methods in the reference engine.
+
+Every method decodes the same prompts in one process. Timing is interleaved: for each repeat and each
+prompt, all methods run back to back in a rotating order, so load changes on a shared machine hit
+every method alike. Greedy outputs must equal plain autoregressive decoding token for token;
+anything else raises :class:`OutputMismatch`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vllm_firp.core import DraftTree, chain_tree
+from vllm_firp.engine.drafters import Drafter, NoDrafter
+from vllm_firp.engine.engine import FirpEngine, Generation
+
+from .drafters import RecordingDrafter
+
+REFERENCE = "ar"
+
+
+class OutputMismatch(AssertionError):
+    """A method's greedy output differs from plain autoregressive decoding: a bug, never noise to ignore."""
+
+
+@dataclass
+class Method:
+    """One decoding configuration: an engine, a drafter (None = plain AR) and a draft tree."""
+
+    name: str
+    engine: FirpEngine
+    drafter: Drafter | None = None
+    tree: DraftTree | None = None
+    family: str = ""  # groups variants in plots, e.g. "firp-tree" at several budgets
+    budget: int | None = None  # tree nodes, root included (None for AR)
+    note: str = ""
+
+    def generate(self, prompt: list[int], max_new_tokens: int) -> Generation:
+        if self.drafter is None:
+            return self.engine.generate(prompt, max_new_tokens, drafter=NoDrafter())
+        return self.engine.generate(prompt, max_new_tokens, tree=self.tree, drafter=self.drafter)
+
+    def describe_tree(self) -> str:
+        if self.drafter is None or self.tree is None:
+            return "-"
+        return f"{self.tree.num_nodes} nodes, depth {self.tree.depth}"
+
+
+@dataclass
+class _Tally:
+    seconds: list[float]
+    outputs: list[list[int]] = field(default_factory=list)
+    tokens_per_step: list[int] = field(default_factory=list)
+    rows_per_step: list[int] = field(default_factory=list)
+
+
+def _first_difference(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _check_same(name: str, prompt_index: int, got: list[int], want: list[int], what: str) -> None:
+    if got != want:
+        i = _first_difference(got, want)
+        raise OutputMismatch(
+            f"{name} output differs from {what} on prompt {prompt_index} at new token {i}: "
+            f"{got[i : i + 8]} vs {want[i : i + 8]} (lengths {len(got)} vs {len(want)}). Greedy speculative "
+            "decoding must reproduce autoregressive output exactly; this is a bug."
+        )
+
+
+def measure(
+    methods: Sequence[Method],
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    repeats: int = 3,
+    warmup: bool = True,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Decode every prompt with every method ``repeats`` times (interleaved); per-method figures.
+
+    The method named ``"ar"`` is the reference for output equality and speedup.
+    """
+    names = [m.name for m in methods]
+    if REFERENCE not in names:
+        raise ValueError(f"methods must include {REFERENCE!r} (plain autoregressive decoding)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be distinct: {names}")
+    if warmup:
+        for m in methods:
+            m.generate(prompts[0], min(16, max_new_tokens))
+    tally = {m.name: _Tally([0.0] * repeats) for m in methods}
+    t_start = time.perf_counter()
+    for r in range(repeats):
+        for i, prompt in enumerate(prompts):
+            shift = (r * len(prompts) + i) % len(methods)
+            for m in list(methods[shift:]) + list(methods[:shift]):
+                t0 = time.perf_counter()
+                gen = m.generate(prompt, max_new_tokens)
+                tally[m.name].seconds[r] += time.perf_counter() - t0
+                t = tally[m.name]
+                if r == 0:
+                    t.outputs.append(gen.tokens)
+                    t.tokens_per_step += gen.stats.tokens_per_step
+                    t.rows_per_step += gen.stats.rows_per_step
+                else:
+                    _check_same(m.name, i, gen.tokens, t.outputs[i], "its own first repeat")
+            if r == 0:
+                for m in methods:
+                    _check_same(m.name, i, tally[m.name].outputs[i], tally[REFERENCE].outputs[i], "plain AR decoding")
+            if progress:
+                done = r * len(prompts) + i + 1
+                print(f"\r[measure] {done}/{repeats * len(prompts)} prompt runs, "
+                      f"{time.perf_counter() - t_start:.0f}s", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return {m.name: _summary(m, tally[m.name], tally[REFERENCE]) for m in methods}
+
+
+def _summary(m: Method, t: _Tally, ref: _Tally) -> dict:
+    new_tokens = sum(len(o) for o in t.outputs)
+    steps = max(1, len(t.tokens_per_step))
+    return {
+        "family": m.family or m.name,
+        "budget": m.budget,
+        "tree": m.describe_tree(),
+        "note": m.note,
+        "tau": round(sum(t.tokens_per_step) / steps, 4),
+        "rows_per_forward": round(sum(t.rows_per_step) / steps, 2),
+        "tokens_per_s": round(new_tokens / statistics.median(t.seconds), 2),
+        "tokens_per_s_each_repeat": [round(new_tokens / s, 2) for s in t.seconds],
+        "speedup": round(statistics.median(a / b for a, b in zip(ref.seconds, t.seconds, strict=True)), 3),
+        "seconds_each_repeat": [round(s, 3) for s in t.seconds],
+        "new_tokens": new_tokens,
+        "decode_forwards": len(t.tokens_per_step),
+        "accepted_histogram": dict(sorted(Counter(t.tokens_per_step).items())),
+        "equal_to_ar": True,  # measure() raised otherwise
+    }
+
+
+@torch.inference_mode()
+def calibrate_rank_probs(
+    engine: FirpEngine, drafter: Drafter, prompts: Sequence[list[int]], depth: int, width: int, max_new_tokens: int
+) -> list[list[float]]:
+    """P(the greedy token at depth d is rank r of the drafter's list), measured along a chain.
+
+    Decodes ``prompts`` with a top-1 chain while recording top-``width`` lists; the generated text is
+    the greedy continuation, so every recorded list can be scored against it.
+    """
+    rec = RecordingDrafter(drafter, width)
+    hits = torch.zeros(depth, width)
+    totals = torch.zeros(depth)
+    for prompt in prompts:
+        rec.records.clear()
+        tokens = prompt + engine.generate(prompt, max_new_tokens, tree=chain_tree(depth), drafter=rec).tokens
+        for root, cands in rec.records:
+            for d in range(min(depth, cands.shape[0])):
+                if root + d + 1 < len(tokens):
+                    totals[d] += 1
+                    hits[d] += cands[d] == tokens[root + d + 1]
+    probs = hits / totals.clamp(min=1)[:, None]
+    return [[round(float(p), 5) for p in row] for row in probs]
+
+
+def pick_threads(run: Callable[[], object], candidates: Sequence[int], reps: int = 3) -> tuple[int, dict[int, float]]:
+    """The thread count with the lowest median time of ``run`` (interleaved); restores nothing."""
+    times: dict[int, list[float]] = {n: [] for n in candidates}
+    for _ in range(reps):
+        for n in candidates:
+            torch.set_num_threads(n)
+            t0 = time.perf_counter()
+            run()
+            times[n].append(time.perf_counter() - t0)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    best = min(med, key=med.get)
+    torch.set_num_threads(best)
+    return best, {n: round(v, 4) for n, v in med.items()}
+
+
+def machine_info() -> dict:
+    """Where and on what the numbers were taken (commit, CPU, load)."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty_files": [line[3:] for line in git("status", "--porcelain").splitlines() if line[3:].startswith("benchmarks")],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
