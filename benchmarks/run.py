@@ -113,7 +113,10 @@ def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[i
     from benchmarks.reference_model import write_heldout_prompts
     from training.data import encode_prompts, read_prompt_records
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError):
+        tokenizer = None  # fine for prompt_ids records; text prompts then fail with a clear message
     path = args.prompts
     if path is None:
         path = args.out / "prompts.jsonl"
