@@ -127,3 +127,31 @@ def dev_models(cache_dir: str | Path | None = None, size: str = "micro", k: int 
         tag = Path(model).name
         heads = str(identity_heads(cache_dir / f"identity-heads-{tag}-k{k}", model, k))
     return DevModels(model, heads, model_source, heads_source)
+
+
+def code_prompts(models: DevModels, n: int, prompt_tokens: int = 48, seed: int = 0) -> list[str]:
+    """``n`` code prompts: held-out stdlib windows for the reference model, stdlib windows otherwise."""
+    if models.model_source.startswith("reference"):
+        from benchmarks.reference_model import write_heldout_prompts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            recs = write_heldout_prompts(Path(tmp) / "p.jsonl", n, prompt_tokens, Path(models.model), seed=seed)
+        return [r["prompt"] for r in recs]
+    import argparse
+    import difflib
+    import inspect
+    import random
+    import string
+    import textwrap
+
+    lines = [ln for mod in (argparse, difflib, string) for ln in inspect.getsource(mod).splitlines(keepends=True)]
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        start = rng.randrange(len(lines) - 40)
+        text, i = "", start
+        while len(text) < prompt_tokens * 3 and i < len(lines):
+            text, i = text + lines[i], i + 1
+        if text.strip():
+            out.append(textwrap.dedent(text))
+    return out
