@@ -127,6 +127,16 @@ def measure(
     return {m.name: _summary(m, tally[m.name], tally[REFERENCE]) for m in methods}
 
 
+def distinct_ngram_ratio(outputs: Sequence[list[int]], n: int = 4) -> float:
+    """Mean share of distinct n-grams per output: near 0 means the text loops (drafting it is easy)."""
+    ratios = []
+    for out in outputs:
+        grams = [tuple(out[i : i + n]) for i in range(len(out) - n + 1)]
+        if grams:
+            ratios.append(len(set(grams)) / len(grams))
+    return round(sum(ratios) / max(1, len(ratios)), 4)
+
+
 def _summary(m: Method, t: _Tally, ref: _Tally) -> dict:
     new_tokens = sum(len(o) for o in t.outputs)
     steps = max(1, len(t.tokens_per_step))
@@ -145,6 +155,7 @@ def _summary(m: Method, t: _Tally, ref: _Tally) -> dict:
         "decode_forwards": len(t.tokens_per_step),
         "accepted_histogram": dict(sorted(Counter(t.tokens_per_step).items())),
         "equal_to_ar": True,  # measure() raised otherwise
+        "distinct_4gram_ratio": distinct_ngram_ratio(t.outputs),
     }
 
 

@@ -57,6 +57,9 @@ def to_markdown(results: dict[str, Any]) -> str:
         "repeats (tokens/s and speedup are medians over repeats; speedup is paired per repeat).",
         "",
         markdown_table(results["methods"]),
+        "",
+        f"Distinct 4-gram share of the generated text (1 = no repetition, near 0 = loops): "
+        f"{results['methods']['ar']['distinct_4gram_ratio']:.3f}.",
     ]
     if results.get("budget_sweep"):
         bs = results["budget_sweep_settings"]
