@@ -53,6 +53,31 @@ def test_vllm_version_is_the_pinned_one():
     assert patches.version_ok("0.32.0") and not patches.version_ok("0.33.0")
 
 
+def test_entry_point_is_registered():
+    from importlib.metadata import entry_points
+
+    from vllm.plugins import DEFAULT_PLUGINS_GROUP
+
+    eps = {ep.name: ep.value for ep in entry_points(group=DEFAULT_PLUGINS_GROUP)}
+    assert eps.get("firp") == "vllm_firp.vllm_plugin:register", f"reinstall the project (pip install -e .): {eps}"
+
+
+def test_untested_vllm_version_is_refused_with_a_warning(monkeypatch):
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    monkeypatch.setattr(vllm, "__version__", "0.99.0")
+    monkeypatch.delenv(patches.FORCE_ENV, raising=False)
+    patches.logger.addHandler(handler)
+    try:
+        assert patches.apply() is False
+    finally:
+        patches.logger.removeHandler(handler)
+    assert any("speculative method 'firp' is NOT available" in r.getMessage() for r in records)
+
+
 @pytest.mark.parametrize("module,qualname", patches.PATCHED)
 def test_patched_symbol_exists_and_is_wrapped_once(module, qualname):
     obj = _resolve(module, qualname)

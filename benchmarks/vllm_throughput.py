@@ -1,0 +1,247 @@
+"""vLLM serving throughput: no speculation vs vLLM's built-in ngram vs FIRP, at several batch sizes.
+
+Each method runs in its own subprocess (one vLLM engine at a time, a fresh process per engine) on the
+same held-out code prompts; a batch of B prompts is one ``LLM.generate`` call. Per (method, batch
+size) it records, over ``--repeats`` distinct prompt sets, the medians of: output tokens/s (all output
+tokens / wall time), time per output token (per request, from vLLM's first/last token timestamps) and
+mean acceptance length (1 + accepted / drafts, from vLLM's spec-decode counters). Writes
+``results.json``, ``results.md`` and ``throughput.png`` to ``--out``.
+
+    python -m benchmarks.vllm_throughput --size micro --out bench-out/vllm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METHODS = ("none", "ngram", "firp")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.vllm_throughput",
+        description="Throughput of the vLLM engine without speculation, with vLLM's ngram method and with "
+        "FIRP (this project's plugin), on the reference model and held-out code prompts.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory (results.json, results.md, throughput.png)")
+    p.add_argument("--size", default="micro", help="reference model / heads preset (default: micro)")
+    p.add_argument("--model", help="model directory (default: benchmarks.reference_model for --size)")
+    p.add_argument("--heads", help="FIRP heads directory (default: benchmarks.reference_heads for --size)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of none,ngram,firp")
+    p.add_argument("--batch-sizes", default="1,4,16,32", help="comma-separated batch sizes (default: 1,4,16,32)")
+    p.add_argument("--repeats", type=int, default=3, help="distinct prompt sets per batch size; medians over them")
+    p.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (EOS ignored)")
+    p.add_argument("--prompt-tokens", type=int, default=64, help="approximate prompt length in tokens")
+    p.add_argument("--num-spec-tokens", type=int, help="draft length for ngram and FIRP (default: the heads' K)")
+    p.add_argument("--ngram-min", type=int, default=2, help="ngram prompt_lookup_min (default: 2)")
+    p.add_argument("--ngram-max", type=int, default=4, help="ngram prompt_lookup_max (default: 4)")
+    p.add_argument("--dtype", default="auto", help="model dtype passed to vLLM (default: auto; bf16 on CPU)")
+    p.add_argument("--max-model-len", type=int, default=1024, help="vLLM max_model_len (default: 1024)")
+    p.add_argument("--compile", action="store_true", help="allow torch.compile (default: enforce_eager)")
+    p.add_argument("--kv-cache-gib", default="2", help="VLLM_CPU_KVCACHE_SPACE for the CPU build (default: 2)")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds allowed per method subprocess")
+    p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)  # internal: run one method
+    p.add_argument("--prompts-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
+    return p
+
+
+# --------------------------------------------------------------------------------------------- worker
+def spec_config(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    if method == "none":
+        return None
+    if method == "ngram":
+        return {"method": "ngram", "num_speculative_tokens": args.num_spec_tokens,
+                "prompt_lookup_min": args.ngram_min, "prompt_lookup_max": args.ngram_max}
+    return {"method": "firp", "model": args.heads, "num_speculative_tokens": args.num_spec_tokens}
+
+
+def _spec_counters(llm: Any) -> tuple[float, float]:
+    values = {m.name: getattr(m, "value", 0.0) for m in llm.get_metrics()}
+    return values.get("vllm:spec_decode_num_drafts", 0.0), values.get("vllm:spec_decode_num_accepted_tokens", 0.0)
+
+
+def _tpot(out: Any, wall: float) -> float:
+    m, n = out.metrics, len(out.outputs[0].token_ids)
+    if m is not None and m.last_token_ts > m.first_token_ts and n > 1:
+        return (m.last_token_ts - m.first_token_ts) / (n - 1)
+    return wall / max(n, 1)
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    from vllm import LLM, SamplingParams
+
+    prompts = [json.loads(line)["prompt"] for line in args.prompts_file.read_text().splitlines()]
+    llm = LLM(model=args.model, speculative_config=spec_config(args.worker, args), dtype=args.dtype,
+              max_model_len=args.max_model_len, enforce_eager=not args.compile, disable_log_stats=False,
+              max_num_seqs=max(args.batch_sizes), seed=0)
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
+    llm.generate(prompts[: max(args.batch_sizes)], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)
+    rows = []
+    for b in args.batch_sizes:
+        for r in range(args.repeats):
+            batch = [prompts[(r * b + i) % len(prompts)] for i in range(b)]
+            d0, a0 = _spec_counters(llm)
+            t0 = time.perf_counter()
+            outs = llm.generate(batch, params, use_tqdm=False)
+            wall = time.perf_counter() - t0
+            d1, a1 = _spec_counters(llm)
+            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+            rows.append({
+                "method": args.worker, "batch_size": b, "repeat": r, "output_tokens": tokens, "seconds": wall,
+                "tokens_per_s": tokens / wall, "tpot_ms": 1000 * statistics.median(_tpot(o, wall) for o in outs),
+                "acceptance_length": 1 + (a1 - a0) / (d1 - d0) if d1 > d0 else None,
+                "texts": [o.outputs[0].text for o in outs] if r == 0 else None,
+            })
+            print(f"[{args.worker}] B={b} r={r}: {tokens / wall:.1f} tok/s", file=sys.stderr, flush=True)
+    args.result_file.write_text(json.dumps(rows))
+
+
+# ---------------------------------------------------------------------------------------- orchestrator
+def resolve_models(args: argparse.Namespace) -> None:
+    if args.model is None:
+        from benchmarks.reference_model import ensure_reference_model
+
+        args.model = str(ensure_reference_model(args.size))
+    if args.heads is None and "firp" in args.methods:
+        from benchmarks.reference_heads import ensure_reference_heads
+
+        args.heads = str(ensure_reference_heads(args.size))
+    if args.num_spec_tokens is None:
+        from vllm_firp.core import FirpConfig
+
+        args.num_spec_tokens = FirpConfig.load(args.heads).K if args.heads else 3
+
+
+def run_method(method: str, args: argparse.Namespace, prompts_file: Path) -> list[dict[str, Any]]:
+    result = args.out / f"raw-{method}.json"
+    cmd = [sys.executable, "-m", "benchmarks.vllm_throughput", "--worker", method, "--out", str(args.out),
+           "--model", args.model, "--prompts-file", str(prompts_file), "--result-file", str(result),
+           "--batch-sizes", ",".join(map(str, args.batch_sizes)), "--repeats", str(args.repeats),
+           "--max-tokens", str(args.max_tokens), "--num-spec-tokens", str(args.num_spec_tokens),
+           "--ngram-min", str(args.ngram_min), "--ngram-max", str(args.ngram_max), "--dtype", args.dtype,
+           "--max-model-len", str(args.max_model_len), "--methods", method]
+    cmd += ["--heads", args.heads] if args.heads else []
+    cmd += ["--compile"] if args.compile else []
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
+    log = args.out / f"{method}.log"
+    print(f"[vllm_throughput] {method}: running (log {log})", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]
+    with open(log, "wb") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=args.timeout)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise RuntimeError(f"{method} failed with exit code {proc.returncode}:\n{tail}")
+    rows = json.loads(result.read_text())
+    for r in rows:  # other processes compete for CPU on shared machines: keep the context
+        r["load_avg_1m"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for b in sorted({r["batch_size"] for r in rows if r["method"] == method}):
+            rs = [r for r in rows if r["method"] == method and r["batch_size"] == b]
+            acc = [r["acceptance_length"] for r in rs if r["acceptance_length"] is not None]
+            out.append({"method": method, "batch_size": b, "repeats": len(rs),
+                        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                        "tpot_ms": statistics.median(r["tpot_ms"] for r in rs),
+                        "acceptance_length": statistics.median(acc) if acc else None})
+    base = {s["batch_size"]: s["tokens_per_s"] for s in out if s["method"] == "none"}
+    for s in out:
+        s["speedup"] = s["tokens_per_s"] / base[s["batch_size"]] if s["batch_size"] in base else None
+    return out
+
+
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"# vLLM throughput: {meta['model']}", "",
+        f"vLLM {meta['vllm']}, {meta['device']}, dtype {meta['dtype']}, {meta['max_tokens']} output tokens per "
+        f"request, K={meta['num_spec_tokens']}, medians over {meta['repeats']} prompt sets; FIRP heads "
+        f"{meta['heads']}.", "",
+        "| method | batch | output tok/s | speedup vs none | TPOT (ms) | mean acceptance length |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        sp = f"{s['speedup']:.2f}x" if s["speedup"] is not None else "-"
+        acc = f"{s['acceptance_length']:.2f}" if s["acceptance_length"] is not None else "-"
+        lines.append(f"| {s['method']} | {s['batch_size']} | {s['tokens_per_s']:.1f} | {sp} | "
+                     f"{s['tpot_ms']:.2f} | {acc} |")
+    lines += ["", "1-minute load average before/after each method: "
+              + ", ".join(f"{m}: {v[0]}/{v[1]}" for m, v in meta["load_avg_1m"].items()) + ".",
+              "", "Greedy outputs identical to no speculation (first prompt set of every batch size): "
+              + ", ".join(f"{m}: {ok}" for m, ok in meta["same_text_as_none"].items()), ""]
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"none": "tab:gray", "ngram": "tab:blue", "firp": "tab:orange"}
+    for method in dict.fromkeys(s["method"] for s in summary):
+        ss = [s for s in summary if s["method"] == method]
+        style = {"marker": "o", "label": method, "color": colors[method]}
+        ax1.plot([s["batch_size"] for s in ss], [s["tokens_per_s"] for s in ss], **style)
+        if any(s["acceptance_length"] for s in ss):
+            ax2.plot([s["batch_size"] for s in ss], [s["acceptance_length"] for s in ss], **style)
+    for ax, ylabel in ((ax1, "output tokens/s (median)"), (ax2, "mean acceptance length")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if unknown := set(args.methods) - set(METHODS):
+        raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+    if args.worker:
+        run_worker(args)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    resolve_models(args)
+    from benchmarks.reference_model import write_heldout_prompts
+
+    prompts_file = args.out / "prompts.jsonl"
+    write_heldout_prompts(prompts_file, max(args.batch_sizes) * args.repeats, args.prompt_tokens, Path(args.model))
+    rows = [r for m in args.methods for r in run_method(m, args, prompts_file)]
+    summary = summarize(rows)
+    texts = {m: [r["texts"] for r in rows if r["method"] == m and r["texts"]] for m in args.methods}
+    import torch
+    import vllm
+
+    meta = {"model": args.model, "heads": args.heads, "vllm": vllm.__version__, "dtype": args.dtype,
+            "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+            "max_tokens": args.max_tokens, "num_spec_tokens": args.num_spec_tokens, "repeats": args.repeats,
+            "load_avg_1m": {m: next(r["load_avg_1m"] for r in rows if r["method"] == m) for m in args.methods},
+            "same_text_as_none": {m: texts[m] == texts["none"] for m in texts if m != "none" and "none" in texts}}
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "raw": rows}, indent=1))
+    md = markdown(summary, meta)
+    (args.out / "results.md").write_text(md)
+    plot(summary, args.out / "throughput.png", f"vLLM {vllm.__version__}: {Path(args.model).name}")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
