@@ -1,8 +1,9 @@
 """FIRP (or Medusa) heads for the project's reference model, trained once and cached.
 
 Pipeline: ``benchmarks.reference_model`` (the model) -> prompts cut from the stdlib *training* split ->
-the model's own greedy responses (``training.generate_data``) -> ``training.train``. The result lives
-in ``$VLLM_FIRP_CACHE/heads/<size>-<method>-<hash>`` (default cache ``~/.cache/vllm-firp``); the hash
+the model's own greedy responses (``training.generate_data``, cached in ``heads/data/`` and shared by
+every method and ablation with the same data settings) -> ``training.train``. Heads live in
+``$VLLM_FIRP_CACHE/heads/<size>-<method>-<hash>`` (default cache ``~/.cache/vllm-firp``); the hash
 covers the recipe, the method, the model's own cache key and this file's CODE_VERSION, so a change to
 any of them builds new heads. Builds go through a temp directory and an atomic rename.
 
@@ -44,18 +45,26 @@ class HeadsRecipe:
     seq_len: int
     anchors_per_seq: int = 0  # 0 = every response position
     num_future_tokens: int = 3
-    inject_layer: int | None = None  # None = FirpConfig.for_model's default
+    inject_layer: int | tuple[int, ...] | None = None  # None = FirpConfig.for_model's default
     source: str = "previous"
     residual: bool = False
+    bias: bool = True
+    pseudo_attend_each_other: bool = True
+    loss_weights: tuple[float, ...] | None = None  # None = all 1
     gen_batch_size: int = 64
+    prompt_cut: str = "mixed"  # "lines", "tokens" or "mixed" (half each): see training.data.cut_text_prompts
     backend: str = "hf"  # vLLM's start-up alone would exceed the micro budget on CPU
     holdout_percent: float = 5.0
     seed: int = 0
 
 
+# Fields that determine the data (the rest only change training); see ensure_reference_data.
+DATA_FIELDS = ("num_prompts", "prompt_tokens", "max_new_tokens", "prompt_cut", "backend", "gen_batch_size", "seed")
+DATA_DONE = "complete.json"
+
 RECIPES: dict[str, HeadsRecipe] = {
     # <= ~4 minutes on 2 CPU cores, model build excluded.
-    "micro": HeadsRecipe(num_prompts=192, prompt_tokens=64, max_new_tokens=96, steps=150, grad_accum=4,
+    "micro": HeadsRecipe(num_prompts=256, prompt_tokens=64, max_new_tokens=96, steps=150, grad_accum=4,
                          lr=3e-3, warmup=15, seq_len=160),
     "small": HeadsRecipe(num_prompts=1024, prompt_tokens=128, max_new_tokens=192, steps=1000, grad_accum=8,
                          lr=2e-3, warmup=50, seq_len=320),
@@ -132,28 +141,15 @@ def ensure_reference_heads(size: str = "micro", method: str = "firp", cache_dir:
 
 def build_heads(work: Path, size: str, method: str, recipe: HeadsRecipe, cache_dir: str | Path | None = None,
                 *, progress: bool = True) -> dict[str, Any]:
-    """Generate data and train into ``work/heads`` (``work/data`` and ``work/ckpt`` are scratch)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from benchmarks.reference_model import ensure_reference_model, stdlib_files
+    """Train into ``work/heads`` (``work/ckpt`` is scratch) on the cached self-distillation data."""
+    from benchmarks.reference_model import ensure_reference_model
     from training import train
-    from training.data import cut_text_prompts
-    from training.generate_data import GenerationSettings, generate_data
 
-    torch.set_num_threads(int(os.environ.get("VLLM_FIRP_THREADS", min(2, os.cpu_count() or 1))))
     model_dir = ensure_reference_model(size, Path(cache_dir) if cache_dir else None, progress=progress)
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    files = stdlib_files("train")
-    random.Random(recipe.seed).shuffle(files)
-    files = files[: max(32, recipe.num_prompts // 4)]  # plenty of windows; tokenizing all would be slow
-    prompts = cut_text_prompts(files, tokenizer, recipe.num_prompts, recipe.prompt_tokens, recipe.seed)
-    settings = GenerationSettings(max_new_tokens=recipe.max_new_tokens, seed=recipe.seed)
-    gen = generate_data(str(model_dir), prompts, work / "data", settings, backend=recipe.backend,
-                        batch_size=recipe.gen_batch_size, progress=progress)
+    data = ensure_reference_data(size, recipe, cache_dir, progress=progress)
     t_data = time.perf_counter() - t0
-    argv = ["--model", str(model_dir), "--data", str(work / "data"), "--out", str(work / "heads"),
+    argv = ["--model", str(model_dir), "--data", str(data), "--out", str(work / "heads"),
             "--checkpoint-dir", str(work / "ckpt"), "--method", method,
             "--num-future-tokens", str(recipe.num_future_tokens), "--source", recipe.source,
             "--steps", str(recipe.steps), "--grad-accum", str(recipe.grad_accum), "--lr", str(recipe.lr),
@@ -161,17 +157,82 @@ def build_heads(work: Path, size: str, method: str, recipe: HeadsRecipe, cache_d
             "--anchors-per-seq", str(recipe.anchors_per_seq), "--holdout-percent", str(recipe.holdout_percent),
             "--seed", str(recipe.seed), "--keep-checkpoints", "1"]
     if recipe.inject_layer is not None:
-        argv += ["--inject-layer", str(recipe.inject_layer)]
-    if recipe.residual:
-        argv.append("--residual")
-    if not progress:
-        argv.append("--quiet")
-    summary = train.train(train.build_parser().parse_args(argv))
-    summary.update(data=gen, data_seconds=round(t_data, 2), total_seconds=round(time.perf_counter() - t0, 2))
+        layers = recipe.inject_layer if isinstance(recipe.inject_layer, (tuple, list)) else [recipe.inject_layer]
+        argv += ["--inject-layer", ",".join(str(t) for t in layers)]
+    if recipe.loss_weights is not None:
+        argv += ["--loss-weights", ",".join(str(w) for w in recipe.loss_weights)]
+    flags = {"--residual": recipe.residual, "--no-bias": not recipe.bias,
+             "--no-pseudo-attend-each-other": not recipe.pseudo_attend_each_other, "--quiet": not progress}
+    argv += [flag for flag, on in flags.items() if on]
+    with _torch_threads(int(os.environ.get("VLLM_FIRP_THREADS", 1))):
+        summary = train.train(train.build_parser().parse_args(argv))
+    summary.update(data_seconds=round(t_data, 2), total_seconds=round(time.perf_counter() - t0, 2))
     if progress:
         print(f"[reference_heads] {size}/{method}: data {t_data:.0f}s, total {summary['total_seconds']:.0f}s, "
               f"final top-1 {summary['final'].get('top1')}", file=sys.stderr)
     return summary
+
+
+def reference_data_dir(size: str, recipe: HeadsRecipe, cache_dir: str | Path | None = None) -> Path:
+    """Cache entry of the training data: shared by FIRP, Medusa and ablations with the same data fields."""
+    from benchmarks.reference_model import reference_model_dir
+
+    key = {f: getattr(recipe, f) for f in DATA_FIELDS}
+    key.update(code_version=CODE_VERSION, model=reference_model_dir(size, _cache_root(cache_dir)).name)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return _cache_root(cache_dir) / "heads" / "data" / f"{size}-{digest}"
+
+
+def ensure_reference_data(size: str, recipe: HeadsRecipe, cache_dir: str | Path | None = None, *,
+                          progress: bool = True) -> Path:
+    """Greedy responses of the reference model to prompts cut from the stdlib training split (cached)."""
+    from transformers import AutoTokenizer
+
+    from benchmarks.reference_model import ensure_reference_model, stdlib_files
+    from training.generate_data import GenerationSettings, generate_data
+
+    out = reference_data_dir(size, recipe, cache_dir)
+    if (out / DATA_DONE).is_file():
+        return out
+    model_dir = ensure_reference_model(size, Path(cache_dir) if cache_dir else None, progress=progress)
+    with _locked(out.parent / f".{out.name}.lock"), _torch_threads(int(os.environ.get("VLLM_FIRP_THREADS", 1))):
+        if (out / DATA_DONE).is_file():
+            return out
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        files = stdlib_files("train")
+        random.Random(recipe.seed).shuffle(files)
+        files = files[: max(32, recipe.num_prompts // 4)]  # plenty of windows; tokenizing all would be slow
+        settings = GenerationSettings(max_new_tokens=recipe.max_new_tokens, seed=recipe.seed)
+        # generate_data appends per batch and resumes, so a killed build continues where it stopped.
+        summary = generate_data(str(model_dir), _cut_prompts(files, tokenizer, recipe), out, settings,
+                                backend=recipe.backend, batch_size=recipe.gen_batch_size, progress=progress)
+        (out / DATA_DONE).write_text(json.dumps(summary, indent=2) + "\n")
+    return out
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """One thread by default: on small shared machines, two OpenMP threads per process can run 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cut_prompts(files: list[Path], tokenizer: Any, recipe: HeadsRecipe) -> list[Any]:
+    """Training prompts; "mixed" = half whole-line prompts (like the benchmarks' held-out prompts, which
+    end at a line end) and half cut at any token, so the heads see both ways a prompt can end."""
+    from training.data import cut_text_prompts
+
+    n, cut = recipe.num_prompts, recipe.prompt_cut
+    if cut != "mixed":
+        return cut_text_prompts(files, tokenizer, n, recipe.prompt_tokens, recipe.seed, cut)
+    lines = cut_text_prompts(files, tokenizer, n - n // 2, recipe.prompt_tokens, recipe.seed, "lines")
+    return lines + cut_text_prompts(files, tokenizer, n // 2, recipe.prompt_tokens, recipe.seed, "tokens")
 
 
 def evaluate_reference_heads(size: str = "micro", method: str = "firp", cache_dir: str | Path | None = None, *,
@@ -190,13 +251,14 @@ def evaluate_reference_heads(size: str = "micro", method: str = "firp", cache_di
     recipe = _recipe(size, overrides)
     model_dir = ensure_reference_model(size, Path(cache_dir) if cache_dir else None, progress=progress)
     out = heads.with_name(heads.name + "-eval")
-    write_heldout_prompts(out / "prompts.jsonl", num_prompts, recipe.prompt_tokens, model_dir, seed=recipe.seed)
-    prompts = encode_prompts(read_prompt_records(out / "prompts.jsonl"), load_tokenizer(str(model_dir)))
-    generate_data(str(model_dir), prompts, out / "data", GenerationSettings(max_new_tokens=recipe.max_new_tokens),
-                  backend=recipe.backend, batch_size=recipe.gen_batch_size, progress=progress)
-    argv = ["--model", str(model_dir), "--heads", str(heads), "--data", str(out / "data"), "--out-dir", str(out),
-            "--split", "all", "--seq-len", str(recipe.seq_len), "--engine-prompts", str(engine_prompts)]
-    return evaluate.run(evaluate.build_parser().parse_args(argv + ([] if progress else ["--quiet"])))
+    with _torch_threads(int(os.environ.get("VLLM_FIRP_THREADS", 1))):
+        write_heldout_prompts(out / "prompts.jsonl", num_prompts, recipe.prompt_tokens, model_dir, seed=recipe.seed)
+        prompts = encode_prompts(read_prompt_records(out / "prompts.jsonl"), load_tokenizer(str(model_dir)))
+        generate_data(str(model_dir), prompts, out / "data", GenerationSettings(max_new_tokens=recipe.max_new_tokens),
+                      backend=recipe.backend, batch_size=recipe.gen_batch_size, progress=progress)
+        argv = ["--model", str(model_dir), "--heads", str(heads), "--data", str(out / "data"), "--out-dir",
+                str(out), "--split", "all", "--seq-len", str(recipe.seq_len), "--engine-prompts", str(engine_prompts)]
+        return evaluate.run(evaluate.build_parser().parse_args(argv + ([] if progress else ["--quiet"])))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

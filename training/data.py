@@ -8,6 +8,7 @@ Train/eval split is by a hash of each sequence's key, so it is stable and needs 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import random
@@ -143,31 +144,63 @@ def _chat_ids(messages: Any, tokenizer: Any, i: int) -> list[int]:
 
 
 def cut_text_prompts(
-    files: Sequence[str | Path], tokenizer: Any, num_prompts: int, prompt_tokens: int, seed: int = 0
+    files: Sequence[str | Path],
+    tokenizer: Any,
+    num_prompts: int,
+    prompt_tokens: int,
+    seed: int = 0,
+    align: str = "tokens",
 ) -> list[Prompt]:
-    """Prompts of ``prompt_tokens`` tokens cut at random non-overlapping offsets of a text corpus.
+    """Prompts cut from a text corpus at random non-overlapping places.
 
-    Each file is tokenized on its own (no prompt spans two files); the first token is the
-    tokenizer's BOS when it adds one, as at inference.
+    ``align="tokens"``: windows of exactly ``prompt_tokens`` tokens at any offset. ``"lines"``: whole
+    lines, from a line start to the end of the line holding the ``prompt_tokens``-th token (windows
+    over 1.5x that are dropped), which is how code prompts usually look. Files are tokenized one by
+    one (no prompt spans two files); prompts start with the tokenizer's BOS when it adds one.
     """
     if num_prompts < 1 or prompt_tokens < 1:
         raise DataError("num_prompts and prompt_tokens must be >= 1")
+    if align not in ("tokens", "lines"):
+        raise ValueError(f"align must be 'tokens' or 'lines', not {align!r}")
     prefix = _special_prefix(tokenizer)
     body = prompt_tokens - len(prefix)
-    windows: list[tuple[str, list[int], int]] = []
+    windows: list[tuple[str, int, list[int]]] = []
     for f in files:
         path = Path(f)
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as e:
             raise DataError(f"cannot read text file {path}: {e}") from e
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        for start in range(0, len(ids) - body + 1, body):
-            windows.append((str(path), prefix + ids[start : start + body], start))
+        cut = _line_windows if align == "lines" else _token_windows
+        windows.extend((str(path), start, prefix + ids) for start, ids in cut(text, tokenizer, body))
     if not windows:
         raise DataError(f"the text files hold no window of {prompt_tokens} tokens (files: {len(files)})")
     random.Random(seed).shuffle(windows)
-    return [Prompt(_key(["textfile", name, start, prompt_tokens]), ids) for name, ids, start in windows[:num_prompts]]
+    return [Prompt(_key(["textfile", align, name, start, prompt_tokens]), ids) for name, start, ids in
+            windows[:num_prompts]]
+
+
+def _token_windows(text: str, tokenizer: Any, body: int) -> list[tuple[int, list[int]]]:
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return [(start, ids[start : start + body]) for start in range(0, len(ids) - body + 1, body)]
+
+
+def _line_windows(text: str, tokenizer: Any, body: int) -> list[tuple[int, list[int]]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    token_starts = [a for a, _ in enc["offset_mapping"]]
+    out, c = [], 0
+    while True:
+        j = bisect.bisect_left(token_starts, c)  # first token of the line starting at char c
+        if j + body > len(token_starts):
+            return out
+        end = text.find("\n", enc["offset_mapping"][j + body - 1][1] - 1)
+        if end < 0:
+            return out
+        piece = text[c : end + 1]
+        ids = tokenizer(piece, add_special_tokens=False, verbose=False)["input_ids"]
+        if piece.strip() and len(ids) <= 1.5 * body:
+            out.append((c, ids))
+        c = end + 1
 
 
 def _special_prefix(tokenizer: Any) -> list[int]:

@@ -122,7 +122,7 @@ class VllmBackend:
         from vllm import LLM
 
         kw = {"max_model_len": max_model_len} if max_model_len else {}
-        self.llm = LLM(model=model, dtype=dtype, seed=settings.seed, **kw)
+        self.llm = LLM(model=model, dtype=_saved_dtype(model) if dtype == "auto" else dtype, seed=settings.seed, **kw)
         self.max_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.settings = settings
 
@@ -141,6 +141,15 @@ class VllmBackend:
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.ids) for p in prompts], params, use_tqdm=False)
         return [(list(o.outputs[0].token_ids), "stop" if o.outputs[0].finish_reason == "stop" else "length")
                 for o in outs]
+
+
+def _saved_dtype(model: str) -> str:
+    """The checkpoint's own dtype: vLLM's "auto" may downcast float32 on CPU, so the data would not be
+    the greedy text of the model as saved (and as HF generates it)."""
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(model), "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else "auto"
 
 
 def make_backend(
@@ -276,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --prompts: use at most the first this many (default: all)")
     p.add_argument("--prompt-tokens", type=int, default=64, help="with --text-file: prompt length in tokens "
                    "(default 64)")
+    p.add_argument("--cut", choices=["tokens", "lines"], default="tokens", help="with --text-file: windows of "
+                   "exactly --prompt-tokens tokens at any offset (default), or whole lines up to about that many")
     p.add_argument("--as-chat", action="store_true", help="wrap plain text prompts as a single user turn of "
                    "the tokenizer's chat template ('messages' records always use it)")
     p.add_argument("--tokenizer", help="tokenizer directory or id (default: --model's)")
@@ -307,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if tokenizer is None:
                 raise DataError(f"--text-file needs a tokenizer and none was found for {args.model}")
             n = args.num_prompts or 1000
-            prompts = cut_text_prompts(args.text_file, tokenizer, n, args.prompt_tokens, args.seed)
+            prompts = cut_text_prompts(args.text_file, tokenizer, n, args.prompt_tokens, args.seed, args.cut)
         else:
             records = read_prompt_records(args.prompts)
             prompts = encode_prompts(records[: args.num_prompts], tokenizer, args.as_chat)
