@@ -192,13 +192,14 @@ def test_evaluate_cli_writes_json_and_plot(workdir: Path, trained: tuple[Path, d
 def test_heads_options_reach_the_checkpoint(workdir: Path) -> None:
     args = train_args(workdir, "opts", "--steps", "2", "--inject-layer", "1,2,3", "--source", "anchor",
                       "--residual", "--no-bias", "--no-pseudo-attend-each-other", "--loss-weights", "1,0.5,0.25",
-                      "--anchors-per-seq", "4", "-K", "3")
+                      "--anchors-per-seq", "4", "-K", "3", "--dtype", "bf16")
     train.train(train.build_parser().parse_args(args))
     heads = FirpHeads.from_pretrained(workdir / "opts")
     cfg = heads.config
     assert (cfg.inject_layers, cfg.source, cfg.residual, cfg.bias, cfg.pseudo_attend_each_other) == (
         [1, 2, 3], "anchor", True, False, False)
     assert cfg.training["loss_weights"] == [1.0, 0.5, 0.25] and cfg.training["anchors_per_seq"] == 4
+    assert cfg.training["model_dtype"] == "bf16" and cfg.dtype == "float32"  # heads train in fp32
     with pytest.raises(FirpCheckpointError, match="different heads settings"):
         train.train(train.build_parser().parse_args(
             train_args(workdir, "opts2", "--steps", "4", "--resume", str(workdir / "opts-checkpoints" / "step-0000002"))))
@@ -209,3 +210,22 @@ def test_cli_help(module, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         module.main(["--help"])
     assert e.value.code == 0 and "--" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_rank_with_accumulation(workdir: Path) -> None:
+    """2 gloo ranks x 1 sequence == 1 process x 2 accumulated sequences, bit for bit (same global batches)."""
+    import os
+    import subprocess
+    import sys
+
+    common = train_args(workdir, "ddp2", "--steps", "4", "--threads", "1")
+    ddp = [a if a != "2" or common[i - 1] != "--grad-accum" else "1" for i, a in enumerate(common)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "training.train",
+                    *ddp], check=True, env=env, capture_output=True, timeout=120)
+    train.train(train.build_parser().parse_args(train_args(workdir, "ddp1", "--steps", "4", "--threads", "1")))
+    a = FirpHeads.from_pretrained(workdir / "ddp1")
+    b = FirpHeads.from_pretrained(workdir / "ddp2")
+    assert b.config.training["world_size"] == 2 and b.config.training["grad_accum"] == 1
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -233,9 +233,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     top_key = next(k for k in report if k.startswith("top") and k.endswith("_vs_greedy") and k != "top1_vs_greedy")
     ax.bar([k - 0.2 for k in ks], report["top1_vs_greedy"], 0.4, label="top-1")
     ax.bar([k + 0.2 for k in ks], report[top_key], 0.4, label=top_key.split("_")[0].replace("top", "top-"))
-    ax.set(xlabel="draft position k", ylabel="accuracy vs greedy token", ylim=(0, 1), xticks=ks,
+    ax.set(xlabel="draft position k", ylabel="accuracy vs greedy token", ylim=(0, 1.15), xticks=ks,
            title=f"{report['method']}: tau chain {report['tau_chain'][-1]:.2f}")
-    ax.legend()
+    ax.legend(loc="upper center", ncol=2)
     if has_cos:
         ax = axes[0, 1]
         for k, per_layer in report["cosine"].items():
@@ -243,8 +243,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
             line = ax.plot(layers, [v["pseudo"] for v in per_layer.values()], marker="o", label=f"pseudo k={k}")[0]
             ax.plot(layers, [v["copy_anchor"] for v in per_layer.values()], ls="--", color=line.get_color(),
                     label=f"copy anchor k={k}")
-        ax.set(xlabel="layer", ylabel="cosine to real future state", title="pseudo vs real hidden states")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="layer (residual stream after it)", ylabel="cosine to real state of position i+k",
+               xticks=layers, title="pseudo (i, k) vs real hidden states")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

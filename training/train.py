@@ -241,7 +241,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         done = step + 1
         if done % args.log_every == 0 or done == total:
-            last = _log_window(window, loss_sum, loss_n, world, done, sched.get_last_lr()[0], t_start)
+            last = _log_window(window, loss_sum, loss_n, world, device, done, sched.get_last_lr()[0], t_start)
             window, loss_sum, loss_n = PairStats.zeros(K), 0.0, 0
             bar.set_postfix(loss=f"{last['loss']:.3f}", acc="/".join(f"{a:.2f}" for a in last["top1"]))
             if rank == 0:
@@ -259,13 +259,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if rank == 0:
         save_heads_atomic(heads.eval(), args.out)
     _barrier(world)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return {"out": str(args.out), "steps": total, "resumed_from": start, "final": last, "wall_time_s": round(wall, 2),
             "checkpoints": [str(p) for p in list_checkpoints(ckpt_root)]}
 
 
-def _log_window(window: PairStats, loss_sum: float, loss_n: int, world: int, step: int, lr: float,
-                t0: float) -> dict[str, Any]:
-    totals = _all_reduce(torch.cat([window.as_tensor().flatten(), torch.tensor([loss_sum, loss_n])]), world)
+def _log_window(window: PairStats, loss_sum: float, loss_n: int, world: int, device: torch.device, step: int,
+                lr: float, t0: float) -> dict[str, Any]:
+    """Metrics since the last log, summed over ranks (on ``device``: NCCL reduces CUDA tensors only)."""
+    local = torch.cat([window.as_tensor().flatten(), torch.tensor([loss_sum, loss_n])])
+    totals = _all_reduce(local.to(device), world).cpu()
     stats = PairStats.from_tensor(totals[:-2].view(3, -1))
     return {"step": step, "lr": lr, "loss": float(totals[-2] / totals[-1].clamp(min=1)), "kl": stats.mean_kl(),
             "top1": [round(a, 4) for a in stats.accuracy()], "elapsed_s": round(time.perf_counter() - t0, 2)}
@@ -313,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
