@@ -129,3 +129,15 @@ def test_training_refuses_empty_or_foreign_data(tmp_path: Path, model_dir: Path,
     assert train.main([*base, "--holdout-percent", "0"]) == 2
     assert "outside the model's vocabulary" in capsys.readouterr().err
     assert not (tmp_path / "h").exists()
+
+
+def test_evaluate_refuses_heads_of_another_model(tmp_path: Path, model_dir: Path, capsys) -> None:
+    from tests.test_training import perm_model
+    from training import evaluate
+    from vllm_firp.core import FirpConfig, FirpHeads
+
+    other, _ = perm_model(vocab=V + 2)
+    FirpHeads(FirpConfig.for_model(other.config, 2)).save_pretrained(tmp_path / "heads")
+    rc = evaluate.main(["--model", str(model_dir), "--heads", str(tmp_path / "heads"), "--data", str(tmp_path),
+                        "--quiet"])
+    assert rc == 2 and f"vocab_size: heads have {V + 2}, model has {V}" in capsys.readouterr().err

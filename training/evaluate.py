@@ -24,10 +24,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vllm_firp.core import DraftTree, FirpHeads, budget_tree, chain_tree
+from vllm_firp.core import DraftTree, FirpCheckpointError, FirpHeads, budget_tree, chain_tree
 from vllm_firp.engine.hf_model import ModelParts
 
-from .data import TokenSequence, load_sequences
+from .data import DataError, TokenSequence, load_sequences
 from .methods import Heads, draft_outputs, load_heads, method_of
 from .objective import DraftOutputs, sample_anchors
 from .train import DTYPES
@@ -313,7 +313,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = run(args)
+    try:
+        report = run(args)
+    except (DataError, FirpCheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in report.items() if k not in ("tau_tree", "cosine")}, indent=2))
     return 0
 

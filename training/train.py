@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from vllm_firp.core import FirpCheckpointError
 from vllm_firp.engine.hf_model import ModelParts
 
 from .checkpoint import (
@@ -316,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = train(args)
-    except DataError as e:
+    except (DataError, FirpCheckpointError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
