@@ -19,7 +19,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def _barrier(world: int) -> None:
 # ---------------------------------------------------------------------------------------- schedule
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
     """Linear warmup to 1, then cosine decay to ``min_ratio`` at the last step."""
 
     def f(step: int) -> float:
