@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vllm_firp.core import FirpCheckpointError, step_layout
+from vllm_firp.core.heads import DTYPES, load_checked_weights, save_weights
 from vllm_firp.engine.drafters import DraftContext
 from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
 
@@ -29,8 +28,6 @@ from .objective import DraftOutputs
 
 FORMAT = "medusa"
 FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -103,34 +100,24 @@ class MedusaHeads(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.config.dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
         (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        tensors = {n: p.detach().contiguous().cpu() for n, p in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_weights(self, directory)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, model_config: Any | None = None, dtype: torch.dtype | None = None
     ) -> MedusaHeads:
         directory = Path(directory)
-        cfg_path, weights = directory / "config.json", directory / WEIGHTS_NAME
-        if not cfg_path.is_file() or not weights.is_file():
-            raise FirpCheckpointError(f"{directory} needs config.json and {WEIGHTS_NAME} for Medusa heads")
+        cfg_path = directory / "config.json"
+        if not cfg_path.is_file():
+            raise FirpCheckpointError(f"{cfg_path} is missing: Medusa heads need config.json")
         try:
             config = MedusaConfig(**json.loads(cfg_path.read_text()))
         except (json.JSONDecodeError, TypeError) as e:
             raise FirpCheckpointError(f"{cfg_path} is not a valid Medusa config: {e}") from e
         if model_config is not None:
             config.check_matches(model_config)
-        try:
-            tensors = load_file(str(weights))
-        except (SafetensorError, OSError) as e:
-            raise FirpCheckpointError(f"cannot read {weights}: {e}") from e
         heads = cls(config)
-        expected = {n: p.shape for n, p in heads.state_dict().items()}
-        if set(tensors) != set(expected):
-            raise FirpCheckpointError(f"{weights} has tensors {sorted(tensors)}, expected {sorted(expected)}")
-        for name, t in tensors.items():
-            if t.shape != expected[name] or not torch.isfinite(t.float()).all():
-                raise FirpCheckpointError(f"{weights}: tensor {name} has a wrong shape or NaN/Inf values")
+        tensors = load_checked_weights(directory, heads)
         heads.load_state_dict(tensors)
         return heads.to(dtype or DTYPES[config.dtype]).eval()
 

@@ -81,8 +81,7 @@ class FirpHeads(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.config.dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
         self.config.save(directory)
-        tensors = {name: p.detach().contiguous().cpu() for name, p in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_weights(self, directory)
 
     @classmethod
     def from_pretrained(
@@ -93,16 +92,31 @@ class FirpHeads(nn.Module):
         config = FirpConfig.load(directory)
         if model_config is not None:
             config.check_matches(model_config)
-        weights = _weights_file(directory)
-        try:
-            tensors = load_file(str(weights))
-        except (SafetensorError, OSError) as e:
-            raise FirpCheckpointError(f"cannot read {weights}: {e}") from e
         heads = cls(config)
-        _check_tensors(heads, tensors, weights)
-        heads.load_state_dict(tensors, strict=True)
+        heads.load_state_dict(load_checked_weights(directory, heads), strict=True)
         target = dtype or DTYPES[config.dtype]
         return heads.to(target).eval()
+
+
+def save_weights(module: nn.Module, directory: Path) -> None:
+    """The module's state dict as ``model.safetensors`` in ``directory``."""
+    tensors = {name: p.detach().contiguous().cpu() for name, p in module.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def load_checked_weights(directory: Path, module: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.safetensors`` of a heads directory, checked against ``module``'s state dict.
+
+    Refuses pickle weight files, a missing or unreadable file, missing/unexpected tensors, wrong
+    shapes and NaN/Inf values, each with a message naming the file and tensor.
+    """
+    weights = _weights_file(directory)
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise FirpCheckpointError(f"cannot read {weights}: {e}") from e
+    _check_tensors(module, tensors, weights)
+    return tensors
 
 
 def _weights_file(directory: Path) -> Path:
@@ -111,15 +125,15 @@ def _weights_file(directory: Path) -> Path:
     if pickles:
         raise FirpCheckpointError(
             f"refusing pickle weight file(s) {pickles} in {directory}: pickle can run code on load; "
-            f"FIRP heads are read from {WEIGHTS_NAME} (safetensors) only"
+            f"heads are read from {WEIGHTS_NAME} (safetensors) only"
         )
     if not weights.is_file():
-        raise FirpCheckpointError(f"{weights} is missing: FIRP heads need their weights in {WEIGHTS_NAME}")
+        raise FirpCheckpointError(f"{weights} is missing: heads need their weights in {WEIGHTS_NAME}")
     return weights
 
 
-def _check_tensors(heads: FirpHeads, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    expected = {name: p.shape for name, p in heads.state_dict().items()}
+def _check_tensors(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {name: p.shape for name, p in module.state_dict().items()}
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())
     if missing:
