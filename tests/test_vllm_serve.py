@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' or the CPU build)")
-openai = pytest.importorskip("openai", reason="the openai client is needed (pip install -e '.[dev]')")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+import openai  # noqa: E402  (a dev dependency: missing it is an error, not a skip)
 
 from vllm_firp.vllm_plugin.devmodels import CHAT_TEMPLATE, code_prompts, dev_models  # noqa: E402
 
