@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "FIRP with plain decoding on held-out code",
     )
     demo.add_argument("--size", default="micro", help="reference model size: micro (default) or small")
-    demo.add_argument("--prompt", default=None, help="prompt text (default: the start of a held-out stdlib file)")
+    demo.add_argument("--prompt", default=None, help="prompt text (default: the start of a small Python function)")
     demo.add_argument(
         "--engine", choices=["auto", "reference", "vllm"], default="auto",
         help="auto = vLLM when it can run here, plus the reference engine; reference = reference engine only",
