@@ -80,7 +80,7 @@ def to_markdown(results: dict[str, Any]) -> str:
 
 def plot_tau_speedup(methods: dict[str, dict], path: Path) -> None:
     names = list(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(names) * 2), 4))
+    fig, axes = plt.subplots(1, 2, figsize=(min(14, max(8, 1.6 * len(names))), 4))
     for ax, key, label in ((axes[0], "tau", "tau: tokens per target forward"), (axes[1], "speedup", "speedup vs AR")):
         vals = [methods[n][key] for n in names]
         bars = ax.bar(names, vals, color="tab:blue")
