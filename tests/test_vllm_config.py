@@ -153,3 +153,21 @@ def test_bad_heads_are_refused_at_config_time(model, heads, tmp_path, case):
 def test_unsupported_settings_are_refused(model, heads, spec, kw, message):
     with pytest.raises(ValueError, match=message):
         engine_config(model, {"method": "firp", "model": heads} | spec, **kw)
+
+
+def test_heads_trained_for_another_model_warn(model, heads, tmp_path):
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    log = logging.getLogger("vllm.plugins.firp")
+    log.addHandler(handler)
+    try:
+        engine_config(model, {"method": "firp", "model": heads})
+        assert not records, [r.getMessage() for r in records]
+        other = copy_heads(heads, tmp_path / "other", base_model="/models/another-llama")
+        engine_config(model, {"method": "firp", "model": str(other)})
+    finally:
+        log.removeHandler(handler)
+    assert any("trained for base model /models/another-llama" in r.getMessage() for r in records)

@@ -8,12 +8,14 @@ process starts. FIRP settings live in ``HEADS_DIR/config.json``: vLLM's config c
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from dataclasses import fields
 from typing import Any
 
 from vllm_firp.core import FirpCheckpointError, FirpConfig, FirpHeads
 
+logger = logging.getLogger("vllm.plugins.firp")
 METHOD = "firp"
 # Decoder-only text models whose layers take (positions, hidden_states, residual) and whose model
 # records aux hidden states (SupportsEagle3). Others may work but are refused until tested.
@@ -90,6 +92,13 @@ def load_heads_config(heads_dir: str, target: Any) -> FirpConfig:
     except FirpCheckpointError as e:
         raise FirpConfigError(f"speculative method 'firp': unusable FIRP heads for {target.model}: {e}") from e
     cfg = heads.config
+    served = os.path.realpath(target.model) if os.path.isdir(target.model) else target.model
+    trained = os.path.realpath(cfg.base_model) if os.path.isdir(cfg.base_model) else cfg.base_model
+    if cfg.base_model and trained != served:  # same shapes, other weights: lossless, but drafts get worse
+        logger.warning(
+            "FIRP heads in %s were trained for base model %s, but the served model is %s; acceptance will be "
+            "poor unless these are the same weights", heads_dir, cfg.base_model, target.model,
+        )
     if len(set(cfg.inject_layers)) != 1:
         raise FirpConfigError(
             f"FIRP heads in {heads_dir} inject pseudo tokens at different layers {cfg.inject_layers}; the vLLM "
