@@ -200,6 +200,31 @@ def test_drafts_equal_hf_recomputation(firp, models):
     assert same >= 0.97 * len(sample)  # float32 kernels differ: allow a rare near-tie flip
 
 
+def test_acceptance_matches_the_reference_engine(firp, workload, models):
+    """Greedy chain FIRP in vLLM and in vllm_firp.engine: same tokens, same mean acceptance length."""
+    from vllm import SamplingParams
+
+    from vllm_firp.core import chain_tree
+    from vllm_firp.engine.engine import FirpEngine
+
+    llm, prompts = firp["llm"], workload["prompts"][:8]
+    before = metrics(llm)
+    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=48), use_tqdm=False)
+    after = metrics(llm)
+    drafts = after["vllm:spec_decode_num_drafts"] - before["vllm:spec_decode_num_drafts"]
+    accepted = after["vllm:spec_decode_num_accepted_tokens"] - before["vllm:spec_decode_num_accepted_tokens"]
+    engine = FirpEngine.from_pretrained(models.model, models.heads)
+    k = len(firp["records"][0][1])
+    steps: list[int] = []
+    for o in outs:
+        g = engine.generate(list(o.prompt_token_ids), max_new_tokens=48, tree=chain_tree(k))
+        assert g.tokens == list(o.outputs[0].token_ids)
+        steps += g.stats.tokens_per_step
+    ours, ref = 1 + accepted / drafts, sum(steps) / len(steps)
+    print(f"\n[vllm-firp] mean acceptance length: vLLM {ours:.4f}, reference engine {ref:.4f}")
+    assert abs(ours - ref) <= 0.03 * ref
+
+
 def test_seeded_sampling(firp, workload):
     """Random sampling goes through vLLM's rejection sampler: right lengths, valid tokens, drafts accepted.
 
