@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +26,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks.reference_model import default_cache_dir, file_lock
 
 CODE_VERSION = "1"
 
@@ -72,9 +73,7 @@ RECIPES: dict[str, HeadsRecipe] = {
 
 
 def _cache_root(cache_dir: str | Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    return Path(os.environ.get("VLLM_FIRP_CACHE", Path.home() / ".cache" / "vllm-firp"))
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
 
 def _recipe(size: str, overrides: dict[str, Any]) -> HeadsRecipe:
@@ -104,18 +103,6 @@ def _complete(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """One build per cache entry across processes; later callers wait and reuse it."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_reference_heads(size: str = "micro", method: str = "firp", cache_dir: str | Path | None = None, *,
                            progress: bool = True, **overrides: Any) -> Path:
     """The cached heads directory for the reference model of ``size``, trained on first use.
@@ -125,7 +112,7 @@ def ensure_reference_heads(size: str = "micro", method: str = "firp", cache_dir:
     final = reference_heads_dir(size, method, cache_dir, **overrides)
     if _complete(final):
         return final
-    with _locked(final.parent / f".{final.name}.lock"):
+    with file_lock(final.parent / f".{final.name}.lock"):
         if _complete(final):
             return final
         if final.exists():
@@ -195,7 +182,7 @@ def ensure_reference_data(size: str, recipe: HeadsRecipe, cache_dir: str | Path 
     if (out / DATA_DONE).is_file():
         return out
     model_dir = ensure_reference_model(size, Path(cache_dir) if cache_dir else None, progress=progress)
-    with _locked(out.parent / f".{out.name}.lock"), _torch_threads(int(os.environ.get("VLLM_FIRP_THREADS", 1))):
+    with file_lock(out.parent / f".{out.name}.lock"), _torch_threads(int(os.environ.get("VLLM_FIRP_THREADS", 1))):
         if (out / DATA_DONE).is_file():
             return out
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

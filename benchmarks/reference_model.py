@@ -410,8 +410,8 @@ def _is_complete(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Serialise builds of one model across processes (a second caller waits, then reuses it)."""
+def file_lock(lock_path: Path) -> Iterator[None]:
+    """Serialise builds of one cache entry across processes (a second caller waits, then reuses it)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -448,7 +448,7 @@ def ensure_reference_model(
     final = reference_model_dir(preset, cache_dir)
     if _is_complete(final):
         return final
-    with _locked(final.parent / f".{final.name}.lock"):
+    with file_lock(final.parent / f".{final.name}.lock"):
         if _is_complete(final):
             return final
         if final.exists():  # not built by us: never half-written by us, but refuse to guess

@@ -12,7 +12,6 @@ appended to ``<out>/sequences.jsonl`` per batch; rerunning skips prompts already
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vllm_firp.vllm_plugin import vllm_unavailable_reason
 
 from .data import (
     DataError,
@@ -49,19 +50,6 @@ class GenerationSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-def vllm_unavailable_reason() -> str | None:
-    """Why vLLM cannot run here (None when it can): not installed, import fails, or no platform."""
-    if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed"
-    try:
-        from vllm.platforms import current_platform
-    except Exception as e:  # noqa: BLE001 - any import failure means "cannot run"
-        return f"vllm failed to import: {e}"
-    if current_platform.device_type in (None, "", "empty"):
-        return "vllm found no usable platform"
-    return None
 
 
 # -------------------------------------------------------------------------------------- backends

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 from collections.abc import Callable
 
 import torch
 
+from .vllm_plugin import vllm_unavailable_reason
+
 # The micro model is small: on this prompt it writes code-shaped text instead of falling into loops.
 DEMO_PROMPT = 'def read_config(path):\n    """Read a JSON config file and return it as a dict."""\n'
-
-
-def vllm_unavailable_reason() -> str | None:
-    """Why the real vLLM engine cannot run here, or None when it can."""
-    if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (pip install 'vllm-firp[vllm]' on a GPU machine, or ../shared/wheels on CPU)"
-    try:
-        from vllm.platforms import current_platform
-    except Exception as e:  # noqa: BLE001 - any import failure means "cannot run"
-        return f"vllm failed to import: {e}"
-    if current_platform.device_type in (None, "", "empty"):
-        return "vllm found no usable platform (no GPU and no CPU build)"
-    return None
 
 
 def _vllm_section(model_dir: str, heads_dir: str, prompt: str, args: argparse.Namespace) -> dict:

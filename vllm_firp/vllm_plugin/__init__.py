@@ -12,6 +12,8 @@ import; vLLM is imported only when :func:`register` runs.
 
 from __future__ import annotations
 
+import importlib.util
+
 
 def register() -> None:
     """Entry point: patch vLLM (idempotent; see :mod:`vllm_firp.vllm_plugin.patches`)."""
@@ -20,4 +22,17 @@ def register() -> None:
     apply()
 
 
-__all__ = ["register"]
+def vllm_unavailable_reason() -> str | None:
+    """Why the real vLLM engine cannot run here (None when it can): not installed, import fails, no platform."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (pip install 'vllm-firp[vllm]' on a GPU machine, or ../shared/wheels on CPU)"
+    try:
+        from vllm.platforms import current_platform
+    except Exception as e:  # noqa: BLE001 - any import failure means "cannot run"
+        return f"vllm failed to import: {e}"
+    if current_platform.device_type in (None, "", "empty"):
+        return "vllm found no usable platform (no GPU and no CPU build)"
+    return None
+
+
+__all__ = ["register", "vllm_unavailable_reason"]
