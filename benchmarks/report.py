@@ -85,6 +85,7 @@ def plot_tau_speedup(methods: dict[str, dict], path: Path) -> None:
         vals = [methods[n][key] for n in names]
         bars = ax.bar(names, vals, color="tab:blue")
         ax.bar_label(bars, fmt="%.2f")
+        ax.set_ylim(0, 1.12 * max(vals))
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=30)
@@ -141,3 +142,16 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
         files.append(out / "tau_vs_budget.png")
         plot_tau_vs_budget(rows, files[-1])
     return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.report DIR...``: re-render markdown and plots from each DIR/results.json."""
+    import sys
+
+    for d in argv if argv is not None else sys.argv[1:]:
+        write_report(json.loads((Path(d) / "results.json").read_text()), d)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
