@@ -141,7 +141,9 @@ def ablation_variants(kind: str, num_layers: int, default_K: int, budgets: Seque
     """(label, recipe overrides) per FIRP variant; ``{}`` is the default recipe's heads."""
     if kind == "inject-layer":
         t0 = default_inject_layer(num_layers)
-        return [(f"t={t}", {} if t == t0 else {"inject_layer": t}) for t in range(1, num_layers)]
+        same = [(f"t={t}", {} if t == t0 else {"inject_layer": t}) for t in range(1, num_layers)]
+        spread = tuple(max(1, round(k * (num_layers - 1) / default_K)) for k in range(1, default_K + 1))
+        return same + ([(f"t={','.join(map(str, spread))}", {"inject_layer": spread})] if len(set(spread)) > 1 else [])
     if kind == "source":
         return [("source=previous", {}), ("source=anchor", {"source": "anchor"})]
     if kind == "pseudo-attend":

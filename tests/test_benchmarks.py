@@ -150,7 +150,7 @@ def test_calibration_and_ablation_variants(builder, model):
     probs = calibrate_rank_probs(builder.ar_engine, PromptLookupDrafter(), [PROMPTS[1]], 3, 2, 12)
     assert len(probs) == 3 and all(len(r) == 2 and 0 <= r[0] <= 1 for r in probs)
     assert ablation_variants("inject-layer", 4, 3, []) == [("t=1", {"inject_layer": 1}), ("t=2", {"inject_layer": 2}),
-                                                          ("t=3", {})]
+                                                          ("t=3", {}), ("t=1,2,3", {"inject_layer": (1, 2, 3)})]
     assert [o for _, o in ablation_variants("K", 4, 3, [])] == [{"num_future_tokens": 1}, {"num_future_tokens": 2},
                                                                {}, {"num_future_tokens": 4}]
 
