@@ -122,7 +122,9 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
         what = "trained reference model, float32, all layers"
     depth_factor = full_layers / model.config.num_hidden_layers
     timer = StepTimer(model, args.context)
-    threads = {"threads": int(args.threads)} if args.threads != "auto" else {}
+    specs = _thread_spec(args.threads)
+    spec = specs.get(name, specs.get("", "auto"))
+    threads = {"threads": int(spec)} if spec != "auto" else {}
     if not threads:
         def probe() -> None:
             for n in (1, 16):
@@ -137,6 +139,11 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
     return {"model": name, "what": what, "hidden_size": cfg.hidden_size, "layers_full": full_layers,
             "layers_built": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size, "context": args.context,
             "repeats": reps, **threads, "points": {str(n): {k: round(v, 6) for k, v in p.items()} for n, p in points.items()}}
+
+
+def _thread_spec(text: str) -> dict[str, str]:
+    """``auto``, ``N`` or ``model=N,...`` (models not named: ``auto``) -> {model or "": "N"/"auto"}."""
+    return {k if v else "": v or k for k, _, v in (item.partition("=") for item in text.split(",") if item)}
 
 
 def to_markdown(results: dict) -> str:
@@ -192,11 +199,11 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     p.add_argument("--synthetic-dtype", choices=["bfloat16", "float32"], default="bfloat16",
                    help="weight dtype of the synthetic shapes")
     p.add_argument("--repeats", type=int, default=21, help="timed repeats per row count (synthetic shapes: a quarter, >= 3)")
-    p.add_argument("--threads", default="auto", help="torch threads, or 'auto' (fastest of 1 and 2, per model)")
+    p.add_argument("--threads", default="micro=1,small=1,auto",
+                   help="torch threads: N, 'auto' (fastest of 1 and 2 on a probe, per model) or per model, "
+                   "e.g. 'micro=1,auto'; the default matches what benchmarks.run picks for the reference models")
     args = p.parse_args(argv)
     log = log or (lambda s: print(f"[cost_curve] {s}", file=sys.stderr, flush=True))
-    if args.threads != "auto":
-        torch.set_num_threads(int(args.threads))
     results = {"meta": machine_info(), "rows": args.rows, "context": args.context, "models": [],
                "command": "python -m benchmarks.cost_curve " + " ".join(argv if argv is not None else sys.argv[1:])}
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

@@ -31,6 +31,10 @@ from .methods import ABLATIONS, MAIN_METHODS, Builder, Options, ablation_methods
 from .report import write_report
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Recipe fields that mean something for Medusa heads too (data and optimisation, not FIRP wiring).
+MEDUSA_RECIPE_FIELDS = {"num_prompts", "prompt_tokens", "max_new_tokens", "steps", "grad_accum", "lr", "warmup",
+                        "seq_len", "anchors_per_seq", "num_future_tokens", "loss_weights", "gen_batch_size",
+                        "prompt_cut", "backend", "holdout_percent", "seed"}
 
 
 def _ints(text: str) -> list[int]:
@@ -75,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ablation", choices=ABLATIONS, help="run this ablation instead of the method comparison: FIRP "
                    "heads trained per variant (inject layer t, serial/parallel source, pseudo tokens attending each "
                    "other, K) or tree budgets; writes to OUT/ablation-<kind>")
-    g.add_argument("--ablation-recipe", type=_overrides, default={}, metavar="K=V,...",
-                   help="heads-recipe overrides applied to every ablation variant, default included "
-                   "(e.g. steps=60 for cheap ablation heads); see benchmarks.reference_heads.HeadsRecipe")
+    g.add_argument("--heads-recipe", type=_overrides, default={}, metavar="K=V,...",
+                   help="overrides of the reference heads recipe, for the default FIRP and Medusa heads and every "
+                   "ablation variant (e.g. steps=600 to train longer, steps=60 for cheap ablation heads); "
+                   "see benchmarks.reference_heads.HeadsRecipe")
     g.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt")
     g.add_argument("--repeats", type=int, default=3, help="timed passes over all prompts (medians are reported)")
     g = p.add_argument_group("trees and drafters")
@@ -139,9 +144,11 @@ def resolve_paths(args: argparse.Namespace, need_heads: bool) -> dict[str, Path 
     progress = not args.quiet
     model = args.model or ensure_reference_model(args.size, progress=progress)
     reference = args.model is None
-    heads = args.heads or (ensure_reference_heads(args.size, "firp", progress=progress)
+    recipe = args.heads_recipe
+    heads = args.heads or (ensure_reference_heads(args.size, "firp", progress=progress, **recipe)
                            if reference and need_heads else None)
-    medusa = args.medusa_heads or (ensure_reference_heads(args.size, "medusa", progress=progress)
+    medusa_recipe = {k: v for k, v in recipe.items() if k in MEDUSA_RECIPE_FIELDS}
+    medusa = args.medusa_heads or (ensure_reference_heads(args.size, "medusa", progress=progress, **medusa_recipe)
                                    if reference and need_heads else None)
     return {"model": model, "heads": heads, "medusa_heads": medusa}
 
@@ -226,7 +233,7 @@ def _firp_loader(args: argparse.Namespace, default: FirpHeads | None, model_conf
     from benchmarks.reference_heads import ensure_reference_heads
 
     def load(overrides: dict) -> FirpHeads:
-        merged = {**args.ablation_recipe, **overrides}
+        merged = {**args.heads_recipe, **overrides}
         if not merged and default is not None:
             return default
         if args.model is not None:
