@@ -133,7 +133,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
         best, med = pick_threads(probe, (1, 2))
         threads = {"threads": best, "probe_median_s": med}
     torch.set_num_threads(threads["threads"])
-    reps = args.repeats if name not in SHAPES else max(3, args.repeats // 4)
+    reps = args.repeats if name not in SHAPES else max(3, args.repeats // 2)
     points = curve(timer, args.rows, reps, depth_factor)
     cfg = model.config
     return {"model": name, "what": what, "hidden_size": cfg.hidden_size, "layers_full": full_layers,
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     p.add_argument("--layers", type=int, default=2, help="decoder layers built for the synthetic shapes")
     p.add_argument("--synthetic-dtype", choices=["bfloat16", "float32"], default="bfloat16",
                    help="weight dtype of the synthetic shapes")
-    p.add_argument("--repeats", type=int, default=21, help="timed repeats per row count (synthetic shapes: a quarter, >= 3)")
+    p.add_argument("--repeats", type=int, default=31, help="timed repeats per row count (synthetic shapes: half, >= 3)")
     p.add_argument("--threads", default="micro=1,small=1,auto",
                    help="torch threads: N, 'auto' (fastest of 1 and 2 on a probe, per model) or per model, "
                    "e.g. 'micro=1,auto'; the default matches what benchmarks.run picks for the reference models")
