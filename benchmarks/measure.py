@@ -204,7 +204,7 @@ def machine_info() -> dict:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return "unknown"
 
@@ -214,8 +214,10 @@ def machine_info() -> dict:
     except (OSError, StopIteration):
         pass
     return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty_files": [line[3:] for line in git("status", "--porcelain").splitlines() if line[3:].startswith("benchmarks")],
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        # uncommitted changes under benchmarks/ and the code the benchmark runs (porcelain: "XY path")
+        "dirty_files": [line[3:] for line in git("status", "--porcelain").splitlines()
+                        if line[3:].startswith(("benchmarks", "vllm_firp", "training"))],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
