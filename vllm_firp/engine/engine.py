@@ -24,7 +24,6 @@ from ..core import (
     tree_layout,
     verify,
 )
-from ..core.layout import step_layout
 from .drafters import DraftContext, Drafter, FirpDrafter, NoDrafter
 from .hf_model import ModelParts, commit_rows, forward_rows, new_cache
 
@@ -141,11 +140,7 @@ class FirpEngine:
             candidates = drafter.propose(ctx, tree.depth, max(1, tree.topk))
             step_tree = tree.truncated(candidates.shape[0])
             node_tokens = step_tree.node_tokens(next_token, candidates)
-            layout = (
-                tree_layout(step_tree, K, pseudo_each_other)
-                if K
-                else step_layout(step_tree.ancestor_mask, step_tree.depths, torch.empty(0, dtype=torch.long), 0)
-            )
+            layout = tree_layout(step_tree, K, pseudo_each_other)  # cached per tree shape; K=0: no pseudo rows
             past_len = cache.get_seq_length()
             hidden, _ = forward_rows(self.parts, node_tokens.to(device), layout, cache, self.heads)
             logits = self.parts.lm_head(hidden[: step_tree.num_nodes])
