@@ -24,6 +24,10 @@ def _plugin():
 
 
 def _resolve(module: str, qualname: str):
+    if "." not in qualname:  # a module-level function
+        mod = importlib.import_module(module)
+        assert qualname in mod.__dict__, f"{module}.{qualname} is gone (vLLM {vllm.__version__})"
+        return mod.__dict__[qualname]
     owner_name, attr = qualname.split(".")
     owner = getattr(importlib.import_module(module), owner_name, None)
     assert owner is not None, f"{module}.{owner_name} is gone (vLLM {vllm.__version__})"
@@ -89,6 +93,45 @@ def test_patched_symbol_exists_and_is_wrapped_once(module, qualname):
     patches.apply()  # idempotent
     again = _resolve(module, qualname)
     assert (again.fget if isinstance(again, property) else again) is fn
+
+
+def _expand_cases():
+    import torch
+
+    cu = torch.tensor([0, 3, 5, 5], dtype=torch.int32)  # tokens per request: 0, 3, 2, 0
+    yield torch.tensor([0.3, -1.0, 0.8, 1.0]), cu, -1, 1, [1.0, 1.0, 1.0, 0.8, 0.8]  # temperature
+    yield torch.tensor([5, 0, 7, 9], dtype=torch.int32), cu, 0, 0, [0, 0, 0, 7, 7]  # top-k (int32)
+    yield torch.tensor([5, 0, 7, 9]), cu.long(), 0, 0, [0, 0, 0, 7, 7]
+
+
+def test_cpu_expand_kernel_fix_expands_every_dtype():
+    """Row 10: what the Triton expand_kernel computes, for float32, int32 and int64 outputs."""
+    import torch
+
+    for x, cu, src, dst, want in _expand_cases():
+        out = torch.full((5,), 42, dtype=x.dtype)
+        patches.expand_kernel_impl(out, x, cu, src, dst, MAX_NUM_TOKENS=128)
+        assert out.tolist() == pytest.approx(want), (x.dtype, out.tolist())
+
+
+def test_cpu_expand_kernel_is_still_broken_upstream():
+    """The reason for row 10. When this fails, vLLM fixed its CPU fallback: drop row 10 from patches.py."""
+    import torch
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the C++ fallback exists only in vLLM's CPU build")
+    from vllm.v1.sample import rejection_sampler
+
+    original = patches.expand_kernel_impl.__wrapped_original__
+    x, cu, src, dst, want = next(_expand_cases())
+    out = torch.full((5,), 42.0)
+    original(out, x, cu, src, dst)
+    assert out.tolist() != pytest.approx(want), "vLLM's CPU expand_kernel works now: remove row 10"
+    # End to end, as the worker does it: register the platform's overrides, expand through the sampler.
+    current_platform.register_triton_kernel_overrides()
+    expanded = rejection_sampler.expand_batch_to_tokens(x, cu, len(want), replace_from=src, replace_to=dst)
+    assert expanded.tolist() == pytest.approx(want)
 
 
 # ---------------------------------------------------------------------------------------------- config

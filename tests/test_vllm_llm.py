@@ -248,6 +248,46 @@ def test_seeded_sampling(firp, workload):
     assert metrics(llm)["vllm:spec_decode_num_accepted_tokens"] > before
 
 
+def test_sampling_keeps_the_target_distribution(firp, workload, models):
+    """FIRP + vLLM's rejection sampler sample from the target model's own (temperature-scaled) distribution.
+
+    Statistic: the sum over sampled tokens of surprisal minus the entropy of the distribution it was drawn
+    from, both from an independent HF forward. Under the right distribution each term has mean 0 and a
+    known variance, so the sum is ~N(0, sum of variances). Verifying drafts against any other distribution
+    (e.g. a wrong temperature per draft position, patches.py row 10) moves it by tens of sigmas.
+    """
+    from transformers import AutoModelForCausalLM
+    from vllm import SamplingParams
+
+    temperature, repeats, new = 0.7, 8, 16
+    llm = firp["llm"]
+    prompts = [p.splitlines()[0][:40] for p in workload["prompts"][:8]] * repeats
+    before = metrics(llm)
+    outs = llm.generate(
+        prompts, SamplingParams(temperature=temperature, max_tokens=new, ignore_eos=True), use_tqdm=False
+    )
+    after = metrics(llm)
+    hf = AutoModelForCausalLM.from_pretrained(models.model, dtype=torch.float32).eval()
+    excess, variance = 0.0, 0.0
+    with torch.no_grad():
+        for o in outs:
+            prompt, gen = list(o.prompt_token_ids), list(o.outputs[0].token_ids)
+            assert len(gen) == new
+            logits = hf(torch.tensor([prompt + gen])).logits[0, len(prompt) - 1 : -1].double()
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            entropy = -(logp.exp() * logp).sum(-1)
+            second = (logp.exp() * logp.square()).sum(-1)
+            excess += float((-logp[torch.arange(new), torch.tensor(gen)] - entropy).sum())
+            variance += float((second - entropy.square()).sum())
+    z = excess / variance**0.5
+    accepted = after["vllm:spec_decode_num_accepted_tokens"] - before["vllm:spec_decode_num_accepted_tokens"]
+    drafted = after["vllm:spec_decode_num_draft_tokens"] - before["vllm:spec_decode_num_draft_tokens"]
+    print(f"\n[vllm-firp] sampling T={temperature}: z={z:+.2f} over {len(outs) * new} tokens, "
+          f"{accepted}/{drafted} draft tokens accepted")
+    assert abs(z) < 4.5, f"sampled tokens do not follow the target distribution (z={z:.1f})"
+    assert accepted > 0.02 * drafted, "drafts are (almost) never accepted under sampling"
+
+
 def test_bad_heads_raise_a_clear_error(models, tmp_path):
     from vllm import LLM
 

@@ -11,6 +11,13 @@
 | 7 | ``v1.worker.gpu_model_runner.GPUModelRunner.__init__``            | wrap             | build FirpDrafter via the custom_class branch, enable aux outputs |
 | 8 | ``GPUModelRunner.propose_draft_token_ids``                        | wrap, firp first | the method chain has no else branch |
 | 9 | ``GPUModelRunner.initialize_metadata_builders``                   | wrap             | attention metadata builders for layers t+1..L |
+| 10 | ``utils.cpu_triton_utils._expand_kernel_impl`` (CPU build)       | replace          | vLLM's CPU fallback drops its result for non-int64 outputs (below) |
+
+Row 10 fixes a vLLM 0.32.0 CPU-build bug that breaks random sampling for every speculative method: the
+C++ fallback of ``rejection_sampler.expand_kernel`` writes into an int64 *copy* of its output, so the
+per-draft-token temperature / top-p / top-k tensors stay uninitialised and the rejection sampler
+verifies drafts against garbage distributions (acceptance near 0, wrong output distribution). GPU
+builds launch the Triton kernel and never call it.
 
 Also relied on, unpatched (tests/test_vllm_contract.py checks them): ``CPUModelRunner`` subclasses
 ``GPUModelRunner``; ``create_custom_proposer(vllm_config)``; ``_get_eagle3_aux_layers_from_config``;
@@ -41,6 +48,7 @@ PATCHED: list[tuple[str, str]] = [
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.__init__"),
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.propose_draft_token_ids"),
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.initialize_metadata_builders"),
+    ("vllm.utils.cpu_triton_utils", "_expand_kernel_impl"),
 ]
 _MARK = "__firp_patched__"
 
@@ -64,6 +72,7 @@ def apply() -> bool:
         return False
     patch_config()
     patch_runner()
+    patch_cpu_expand_kernel()
     return True
 
 
@@ -204,3 +213,32 @@ def patch_runner() -> None:
     _wrap(GPUModelRunner, "__init__", init)
     _wrap(GPUModelRunner, "propose_draft_token_ids", propose)
     _wrap(GPUModelRunner, "initialize_metadata_builders", builders)
+
+
+def expand_kernel_impl(
+    output: Any, input_val: Any, cu_num_tokens: Any, replace_from: Any, replace_to: Any, MAX_NUM_TOKENS: Any = None
+) -> None:
+    """``expand_kernel`` in torch: ``output[cu[i-1]:cu[i]] = input[i]`` (``replace_from`` -> ``replace_to``)."""
+    import torch
+
+    cu = cu_num_tokens.to(torch.int64)
+    counts = torch.diff(cu, prepend=cu.new_zeros(1))
+    values = torch.where(input_val == replace_from, torch.full_like(input_val, replace_to), input_val)
+    output[: int(cu[-1]) if len(cu) else 0].copy_(values.repeat_interleave(counts))
+
+
+def patch_cpu_expand_kernel() -> None:
+    """Row 10: replace the CPU fallback before the worker registers it (and in the wrapper if it already has)."""
+    from vllm.utils import cpu_triton_utils
+
+    original = cpu_triton_utils.__dict__["_expand_kernel_impl"]
+    if getattr(original, _MARK, False):
+        return
+    setattr(expand_kernel_impl, _MARK, True)
+    expand_kernel_impl.__wrapped_original__ = original  # type: ignore[attr-defined]
+    cpu_triton_utils._expand_kernel_impl = expand_kernel_impl
+    from vllm.v1.sample import rejection_sampler
+
+    registered = getattr(rejection_sampler, "expand_kernel", None)
+    if getattr(registered, "_impl", None) is original:  # the worker registered the overrides already
+        registered._impl = registered.func = expand_kernel_impl
