@@ -1,6 +1,7 @@
 """The benchmark's decoding methods and ablation variants, built on one shared model.
 
-Main methods: ``ar`` (plain autoregressive), ``firp-tree`` / ``firp-chain`` (FIRP heads),
+Main methods: ``ar`` (plain autoregressive), ``firp-tree`` / ``firp-chain`` (FIRP heads), ``firp-tree-sparse``
+(the same tree with pseudo rows only on its likeliest last nodes),
 ``medusa`` / ``medusa-chain`` (Medusa heads, same data and trainable budget), ``pld`` (prompt lookup)
 and ``early-exit`` (layers 1..m draft). FIRP and Medusa trees have the same node budget and depth;
 each is shaped by its own rank probabilities, measured on separate calibration prompts.
@@ -17,7 +18,7 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from vllm_firp.core import FirpHeads, budget_tree, chain_tree
+from vllm_firp.core import FirpHeads, budget_tree, chain_tree, likely_last_nodes
 from vllm_firp.core.tree import default_rank_probs
 from vllm_firp.engine.drafters import Drafter, FirpDrafter
 from vllm_firp.engine.engine import FirpEngine
@@ -25,7 +26,7 @@ from vllm_firp.engine.engine import FirpEngine
 from .drafters import EarlyExitDrafter, PromptLookupDrafter
 from .measure import Method, calibrate_rank_probs
 
-MAIN_METHODS = ("ar", "firp-tree", "firp-chain", "medusa", "medusa-chain", "pld", "early-exit")
+MAIN_METHODS = ("ar", "firp-tree", "firp-tree-sparse", "firp-chain", "medusa", "medusa-chain", "pld", "early-exit")
 ABLATIONS = ("inject-layer", "source", "pseudo-attend", "K", "tree-budget")
 
 
@@ -34,6 +35,7 @@ class Options:
     """Method settings shared by the main run and the ablations."""
 
     budget: int = 16  # tree nodes (root included) of firp-tree and medusa
+    pseudo_nodes: int = 4  # tree nodes with pseudo rows in firp-tree-sparse
     tree_topk: int = 4  # widest rank a budget tree may use per depth
     tree_probs: str = "calibrated"  # "calibrated" (measured per drafter) or "prior"
     calib_prompts: Sequence[list[int]] = ()
@@ -65,15 +67,20 @@ class Builder:
         return Method("ar", self.ar_engine, family="ar", note="plain autoregressive decoding, same engine")
 
     def firp(self, name: str, heads: FirpHeads, tree: bool, budget: int | None = None, key: str = "firp",
-             note: str = "") -> Method:
+             note: str = "", pseudo_nodes: int | None = None) -> Method:
         engine = FirpEngine(self.model, heads)
         drafter = FirpDrafter(engine.heads)
         K = heads.K
         if not tree:
             return Method(name, engine, drafter, chain_tree(K), "firp-chain", K + 1, note)
         budget = budget or self.opts.budget
-        t = budget_tree(budget, K, self.opts.tree_topk, self.probs(key, engine, drafter, K))
-        return Method(name, engine, drafter, t, "firp-tree", budget, note)
+        probs = self.probs(key, engine, drafter, K)
+        t = budget_tree(budget, K, self.opts.tree_topk, probs)
+        if pseudo_nodes is None:
+            return Method(name, engine, drafter, t, "firp-tree", budget, note)
+        t = t.with_pseudo_nodes(likely_last_nodes(t, pseudo_nodes, probs))
+        note = note or f"pseudo rows on the {len(t.anchors)} likeliest last nodes"
+        return Method(name, engine, drafter, t, "firp-tree-sparse", budget, note)
 
     def medusa(self, name: str, heads: Any, tree: bool, budget: int | None = None) -> Method:
         from training.medusa import MedusaDrafter
@@ -102,6 +109,8 @@ class Builder:
         make: dict[str, Callable[[], Method]] = {
             "ar": self.ar,
             "firp-tree": lambda: self.firp("firp-tree", _need(firp_heads, "firp"), tree=True),
+            "firp-tree-sparse": lambda: self.firp("firp-tree-sparse", _need(firp_heads, "firp"), tree=True,
+                                                  pseudo_nodes=self.opts.pseudo_nodes),
             "firp-chain": lambda: self.firp("firp-chain", _need(firp_heads, "firp"), tree=False),
             "medusa": lambda: self.medusa("medusa", _need(medusa_heads, "medusa"), tree=True),
             "medusa-chain": lambda: self.medusa("medusa-chain", _need(medusa_heads, "medusa"), tree=False),
@@ -118,6 +127,9 @@ class Builder:
         for b in budgets:
             if firp_heads is not None:
                 out.append(self.firp(f"firp-tree@{b}", firp_heads, tree=True, budget=b))
+                if self.opts.pseudo_nodes < b:
+                    out.append(self.firp(f"firp-tree-sparse@{b}", firp_heads, tree=True, budget=b,
+                                         pseudo_nodes=self.opts.pseudo_nodes))
             if medusa_heads is not None:
                 out.append(self.medusa(f"medusa@{b}", medusa_heads, tree=True, budget=b))
         return out

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-TREE_FAMILIES = ("firp-tree", "medusa")
+TREE_FAMILIES = ("firp-tree", "firp-tree-sparse", "medusa")
 
 
 def markdown_table(methods: dict[str, dict]) -> str:

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repeats", type=int, default=3, help="timed passes over all prompts (medians are reported)")
     g = p.add_argument_group("trees and drafters")
     g.add_argument("--budget", type=int, default=16, help="tree nodes (root included) for firp-tree and medusa")
+    g.add_argument("--pseudo-nodes", type=int, default=4,
+                   help="firp-tree-sparse: tree nodes that get pseudo rows (the likeliest last ones; root included)")
     g.add_argument("--tree-topk", type=int, default=4, help="widest rank per depth a budget tree may use")
     g.add_argument("--tree-probs", choices=["calibrated", "prior"], default="calibrated",
                    help="shape budget trees with rank probabilities measured per drafter on separate held-out "
@@ -183,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         medusa_heads = MedusaHeads.from_pretrained(paths["medusa_heads"], model.config, dtype=dtype)
     prompts, calib = load_prompts(args, Path(paths["model"]))
-    opts = Options(budget=args.budget, tree_topk=args.tree_topk, tree_probs=args.tree_probs, calib_prompts=calib,
+    opts = Options(budget=args.budget, pseudo_nodes=args.pseudo_nodes, tree_topk=args.tree_topk,
+                   tree_probs=args.tree_probs, calib_prompts=calib,
                    pld_ngram=(args.pld_ngram[0], args.pld_ngram[-1]), pld_depth=args.pld_depth,
                    exit_layer=args.exit_layer, exit_depth=args.exit_depth)
     builder = Builder(model, opts)

@@ -69,6 +69,8 @@ class OracleDrafter:
 
     def propose(self, ctx: DraftContext, depth: int, topk: int) -> torch.Tensor:
         self.calls += 1
+        if self.num_pseudo and ctx.pseudo_logits is not None:  # as FIRP: no deeper than the pseudo rows given
+            depth = min(depth, ctx.pseudo_logits.shape[0])
         root = len(ctx.tokens) - ctx.num_prompt_tokens - 1  # index of the pending root in the continuation
         truth = self.continuation[root + 1 : root + 1 + depth]
         cands = torch.randint(0, self.vocab, (len(truth), topk), generator=self.gen)

@@ -42,19 +42,22 @@ def builder(model):
 
 
 def all_methods(builder, model) -> list[Method]:
-    return builder.main_methods(["firp-tree", "firp-chain", "medusa", "medusa-chain", "pld", "early-exit"],
-                                random_heads(model), random_medusa(model))
+    return builder.main_methods(["firp-tree", "firp-tree-sparse", "firp-chain", "medusa", "medusa-chain", "pld",
+                                 "early-exit"], random_heads(model), random_medusa(model))
 
 
 def test_every_drafter_keeps_greedy_output(builder, model):
     methods = all_methods(builder, model)
-    assert [m.name for m in methods] == ["ar", "firp-tree", "firp-chain", "medusa", "medusa-chain", "pld", "early-exit"]
+    assert [m.name for m in methods] == ["ar", "firp-tree", "firp-tree-sparse", "firp-chain", "medusa", "medusa-chain",
+                                         "pld", "early-exit"]
     figures = measure(methods, PROMPTS, max_new_tokens=20, repeats=2, progress=False)
     for name, f in figures.items():
         assert f["equal_to_ar"] and f["new_tokens"] == 20 * len(PROMPTS), name
         assert f["tau"] >= 1.0 and sum(f["accepted_histogram"].values()) == f["decode_forwards"]
     assert figures["ar"]["tau"] == 1.0 and figures["ar"]["rows_per_forward"] == 1.0
     assert figures["firp-tree"]["rows_per_forward"] > figures["medusa"]["rows_per_forward"]  # pseudo rows ride along
+    # 8 nodes, 4 with pseudo rows: at most 8 + 4 * 3 rows per forward, fewer than every node's 8 * 4
+    assert figures["firp-tree-sparse"]["rows_per_forward"] <= 20 < figures["firp-tree"]["rows_per_forward"]
 
 
 def test_prompt_lookup_proposes_the_continuation():
@@ -142,7 +145,8 @@ def test_cli_end_to_end(model, tmp_path):
             "--sweep-prompts", "1", "--budget", "4", "--threads", "1", "--out", str(out), "--quiet"]
     assert run.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["methods"]) == {"ar", "firp-tree", "firp-chain", "medusa", "medusa-chain", "pld", "early-exit"}
+    assert set(res["methods"]) == {"ar", "firp-tree", "firp-tree-sparse", "firp-chain", "medusa", "medusa-chain", "pld",
+                                   "early-exit"}
     assert res["settings"]["threads"]["threads"] == 1 and (out / "tau_vs_budget.png").is_file()
 
 

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from tests.helpers import random_heads, tiny_model
-from vllm_firp.core import budget_tree, build_tree, chain_tree, parse_tree_spec, prefill_layout, tree_layout
+from vllm_firp.core import (
+    budget_tree,
+    build_tree,
+    chain_tree,
+    end_probabilities,
+    likely_last_nodes,
+    parse_tree_spec,
+    prefill_layout,
+    tree_layout,
+)
 from vllm_firp.engine.hf_model import ModelParts, commit_rows, forward_rows, new_cache
 
 
@@ -48,6 +57,29 @@ def test_budget_tree_prefers_likely_paths() -> None:
     assert tree.paths == ((), (0,), (0, 0), (0, 0, 0))  # 0.8, 0.56, 0.336 beat 0.1
     assert set(budget_tree(5, depth=3, topk=2, rank_probs=probs).paths) - set(tree.paths) == {(1,)}  # 0.1 > 0.08
     assert budget_tree(16, depth=3).num_nodes == 16
+
+
+def test_pseudo_nodes_worked_example() -> None:
+    """Tree of the first example with p(rank 0) = 0.5, p(rank 1) = 0.2 at every depth."""
+    tree = build_tree(((0,), (1,), (0, 0), (0, 1), (1, 0)))  # nodes: root, 0, 1, 00, 01, 10
+    probs = [[0.5, 0.2], [0.5, 0.2]]
+    # reach: 1, .5, .2, .25, .1, .1; ends = reach - children's reach
+    ends = end_probabilities(tree, probs)
+    assert ends.tolist() == pytest.approx([1 - 0.7, 0.5 - 0.35, 0.2 - 0.1, 0.25, 0.1, 0.1])
+    assert likely_last_nodes(tree, 3, probs) == (0, 1, 3)  # root always, then 0.25 (00) and 0.15 (0)
+    sub = tree.with_pseudo_nodes((3, 1))
+    assert sub.anchors == (0, 1, 3) and sub.with_pseudo_nodes((1, 3)) is sub  # cached per (tree, nodes)
+    # end node -> (slot of its nearest pseudo ancestor-or-self, depth gap)
+    assert [sub.draft_source(n) for n in range(6)] == [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+    layout = tree_layout(sub, K=2)
+    assert layout.num_rows == 6 + 3 * 2 and layout.anchors.tolist() == [0, 1, 3]
+    assert layout.position_offsets[6:].tolist() == [1, 2, 3, 2, 3, 4]  # pseudo 1 of (0, 1, 3), then pseudo 2
+    assert layout.mask[6 + 3 + 2].int().tolist()[:6] == [1, 1, 0, 1, 0, 0]  # p2(00) sees root, 0, 00
+    # Truncation keeps the pseudo nodes that survive (node 3 = (0, 0) is gone at depth 1).
+    assert tree.with_pseudo_nodes((3, 1)).truncated(1).anchors == (0, 1)
+    assert parse_tree_spec("budget:16/4", K=3).anchors == likely_last_nodes(parse_tree_spec("budget:16", K=3), 4)
+    with pytest.raises(ValueError, match="at least the root"):
+        likely_last_nodes(tree, 0)
 
 
 def test_chain_layout_worked_example() -> None:

@@ -100,6 +100,24 @@ def test_budget_tree_is_lossless_too(engine: FirpEngine) -> None:
             prompt, MAX_NEW).tokens
 
 
+def test_pseudo_rows_on_some_nodes_only_are_lossless(engine: FirpEngine) -> None:
+    """Ends without pseudo rows draft from an ancestor's shifted rows (fewer drafts): output stays exact."""
+    vocab = engine.model.config.vocab_size
+    sparse = TREE.with_pseudo_nodes((1,))  # root and node 1 only
+    shifted = 0
+    for i, prompt in enumerate(_prompts(12, vocab, seed=31)):
+        plain = engine.generate(prompt, MAX_NEW)
+        ext = engine.generate(prompt, MAX_NEW + 8).tokens
+        oracle = OracleDrafter(ext, vocab, num_pseudo=3, miss_every=3 + i % 3)
+        firp = engine.generate(prompt, MAX_NEW, tree=sparse, drafter=oracle)
+        assert firp.tokens == plain.tokens, f"prompt {i}: diverged with sparse pseudo nodes"
+        assert set(firp.stats.rows_per_step) <= {10 + 2 * 3, 7 + 2 * 3, 4 + 2 * 3, 1 + 1 * 3}  # depth 3, 2, 1, 0
+        shifted += sum(r < 16 for r in firp.stats.rows_per_step)
+        rand = engine.generate(prompt, MAX_NEW, tree=sparse)  # the real FIRP drafter, random heads
+        assert rand.tokens == plain.tokens
+    assert shifted > 0, "no step ever drafted from shifted rows"
+
+
 def test_pseudo_rows_do_not_change_verification_logits(engine: FirpEngine) -> None:
     """One forward with pseudo rows gives the same tree-node outputs as one without."""
     parts, heads = engine.parts, engine.heads

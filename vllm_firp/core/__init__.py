@@ -3,7 +3,15 @@
 from .config import FirpCheckpointError, FirpConfig
 from .heads import FirpHeads
 from .layout import StepLayout, prefill_layout, step_layout, tree_layout
-from .tree import DraftTree, budget_tree, build_tree, chain_tree, parse_tree_spec
+from .tree import (
+    DraftTree,
+    budget_tree,
+    build_tree,
+    chain_tree,
+    end_probabilities,
+    likely_last_nodes,
+    parse_tree_spec,
+)
 from .verify import SamplingParams, Verdict, target_probs, verify, verify_greedy, verify_sampling
 
 __all__ = [
@@ -17,6 +25,8 @@ __all__ = [
     "budget_tree",
     "build_tree",
     "chain_tree",
+    "end_probabilities",
+    "likely_last_nodes",
     "parse_tree_spec",
     "prefill_layout",
     "step_layout",

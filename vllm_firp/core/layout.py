@@ -77,8 +77,10 @@ def step_layout(
 
 @lru_cache(maxsize=64)
 def tree_layout(tree: DraftTree, K: int, pseudo_attend_each_other: bool = True) -> StepLayout:
-    """Decode step: every tree node is an anchor (any of them may end up the last accepted one)."""
-    return step_layout(tree.ancestor_mask, tree.depths, torch.arange(tree.num_nodes), K, pseudo_attend_each_other)
+    """Decode step: the tree's pseudo nodes are the anchors (by default every node, since any may end up the
+    last accepted one); see :meth:`DraftTree.draft_source` for the others."""
+    anchors = torch.tensor(tree.anchors, dtype=torch.long)
+    return step_layout(tree.ancestor_mask, tree.depths, anchors, K, pseudo_attend_each_other)
 
 
 def prefill_layout(num_tokens: int, K: int, pseudo_attend_each_other: bool = True) -> StepLayout:

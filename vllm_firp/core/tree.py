@@ -4,10 +4,16 @@ A path ``(r_1, .., r_d)`` names the node at depth d whose token is rank ``r_d`` 
 under the node ``(r_1, .., r_{d-1})``. The root (depth 0, empty path) is the exact token from the last
 step. FIRP drafts depend only on depth and rank (all pseudo rows belong to one anchor), so the same
 candidate list fills every node of a depth.
+
+Pseudo nodes: the nodes that get K pseudo rows in the verify pass (default: all). When the accepted path
+ends at a node without them, the next drafts come from its nearest pseudo ancestor ``a``, shifted by
+``s = depth(end) - depth(a)``: pseudo ``s + k`` of ``a`` sits where pseudo ``k`` of the end node would
+(``K - s`` drafts instead of K). Giving pseudo rows only to the likely last nodes cuts rows per step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 from dataclasses import dataclass
@@ -30,6 +36,22 @@ class DraftTree:
     ancestor_mask: torch.Tensor  # [N, N] bool, [i, j] = j is i or an ancestor of i
     retrieve: torch.Tensor  # [num_leaves, depth + 1] long, root-to-leaf node indices, -1 padded
     children: tuple[tuple[int, ...], ...]  # children of each node, in rank order
+    pseudo_nodes: tuple[int, ...] | None = None  # nodes with pseudo rows (root first); None = every node
+
+    @property
+    def anchors(self) -> tuple[int, ...]:
+        """Nodes that carry K pseudo rows, in slot order."""
+        return tuple(range(self.num_nodes)) if self.pseudo_nodes is None else self.pseudo_nodes
+
+    def draft_source(self, node: int) -> tuple[int, int]:
+        """(slot, shift) drafting after ``node``: its nearest pseudo ancestor-or-self and the depth gap."""
+        return _draft_sources(self)[node]
+
+    def with_pseudo_nodes(self, nodes: tuple[int, ...] | None) -> DraftTree:
+        """This tree with pseudo rows only on ``nodes`` (the root is always added); cached per (tree, nodes)."""
+        if nodes is None:
+            return build_tree(self.paths[1:])
+        return _with_pseudo_nodes(build_tree(self.paths[1:]), tuple(sorted({0, *(int(n) for n in nodes)})))
 
     @property
     def num_nodes(self) -> int:
@@ -56,7 +78,53 @@ class DraftTree:
         """This tree without nodes deeper than ``max_depth`` (drafts may be shorter than the tree)."""
         if max_depth >= self.depth:
             return self
-        return build_tree(tuple(p for p in self.paths[1:] if len(p) <= max_depth))
+        kept = build_tree(tuple(p for p in self.paths[1:] if len(p) <= max_depth))
+        if self.pseudo_nodes is None:
+            return kept
+        index = {p: i for i, p in enumerate(kept.paths)}
+        return kept.with_pseudo_nodes(tuple(index[self.paths[n]] for n in self.pseudo_nodes if self.paths[n] in index))
+
+
+@lru_cache(maxsize=256)
+def _with_pseudo_nodes(tree: DraftTree, nodes: tuple[int, ...]) -> DraftTree:
+    if nodes[-1] >= tree.num_nodes:
+        raise ValueError(f"pseudo node {nodes[-1]} is outside the {tree.num_nodes}-node tree")
+    if len(nodes) == tree.num_nodes:
+        return tree
+    return dataclasses.replace(tree, pseudo_nodes=nodes)
+
+
+@lru_cache(maxsize=256)
+def _draft_sources(tree: DraftTree) -> tuple[tuple[int, int], ...]:
+    slot = {n: i for i, n in enumerate(tree.anchors)}
+    out = []
+    for node in range(tree.num_nodes):
+        a = node
+        while a not in slot:
+            a = int(tree.parents[a])
+        out.append((slot[a], int(tree.depths[node] - tree.depths[a])))
+    return tuple(out)
+
+
+def end_probabilities(tree: DraftTree, rank_probs: list[list[float]]) -> torch.Tensor:
+    """P(the accepted path ends exactly at each node), under the independence model of :func:`budget_tree`."""
+    reach = torch.ones(tree.num_nodes, dtype=torch.float64)
+    for i in range(1, tree.num_nodes):
+        d, r = int(tree.depths[i]), int(tree.ranks[i])
+        reach[i] = reach[int(tree.parents[i])] * rank_probs[d - 1][r]
+    go_on = torch.zeros(tree.num_nodes, dtype=torch.float64)
+    for i in range(1, tree.num_nodes):
+        go_on[int(tree.parents[i])] += reach[i]
+    return (reach - go_on).clamp_min(0)
+
+
+def likely_last_nodes(tree: DraftTree, count: int, rank_probs: list[list[float]] | None = None) -> tuple[int, ...]:
+    """The root plus the ``count - 1`` other nodes most likely to end the accepted path."""
+    if count < 1:
+        raise ValueError("pseudo nodes: at least the root (count >= 1)")
+    probs = end_probabilities(tree, rank_probs or default_rank_probs(tree.depth, max(1, tree.topk)))
+    probs[0] = float("inf")
+    return tuple(sorted(probs.argsort(descending=True, stable=True)[:count].tolist()))
 
 
 def _validate(paths: tuple[Path_, ...]) -> None:
@@ -136,8 +204,15 @@ def budget_tree(num_nodes: int, depth: int, topk: int = 4, rank_probs: list[list
 
 
 def parse_tree_spec(spec: str | None, K: int, rank_probs: list[list[float]] | None = None) -> DraftTree:
-    """A tree from a CLI spec: ``chain``, ``chain:D``, ``budget:N``, a JSON list of paths, or a .json file."""
+    """A tree from a CLI spec: ``chain``, ``chain:D``, ``budget:N``, a JSON list of paths, or a .json file.
+
+    A ``/M`` suffix (e.g. ``budget:16/4``) gives pseudo rows only to the M likeliest last nodes.
+    """
     spec = (spec or "budget:16").strip()
+    head, _, tail = spec.rpartition("/")
+    if head and tail.isdigit() and not spec.endswith(".json"):
+        tree = parse_tree_spec(head, K, rank_probs)
+        return tree.with_pseudo_nodes(likely_last_nodes(tree, int(tail), rank_probs))
     if spec == "chain" or spec.startswith("chain:"):
         depth = int(spec.split(":")[1]) if ":" in spec else K
         tree = chain_tree(depth)

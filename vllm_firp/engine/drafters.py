@@ -19,7 +19,7 @@ from ..core import FirpHeads
 class DraftContext:
     tokens: list[int]  # prompt + every token emitted so far, including the pending next root
     num_prompt_tokens: int
-    pseudo_logits: torch.Tensor | None  # [K, V] of the last accepted node's pseudo rows (FIRP only)
+    pseudo_logits: torch.Tensor | None  # [K - shift, V]: pseudo rows drafting after the root (FIRP only)
     last_hidden: torch.Tensor  # [d] final-normed state of the last accepted node
 
 

@@ -1,8 +1,9 @@
 """Reference FIRP engine over HF transformers: one forward per step verifies the tree and drafts the next.
 
 Step (batch size 1): the tree's root is the exact token found last step, its other nodes come from the
-drafter's candidates. One forward over [tree nodes ; K pseudo rows per node] gives the verification
-logits and, for whichever node ends up last accepted, the pseudo rows that draft the next tree.
+drafter's candidates. One forward over [tree nodes ; K pseudo rows per pseudo node] gives the
+verification logits and, for whichever node ends up last accepted, the pseudo rows that draft the next
+tree (its own, or its nearest pseudo ancestor's shifted ones; see vllm_firp.core.tree).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class FirpEngine:
         commit_rows(cache, 0, torch.arange(len(prompt_ids)))  # drop the pseudo rows' K/V
         last = len(prompt_ids) - 1
         next_token = self._sample(self.parts.lm_head(hidden[last : last + 1])[0], sampling, gen)
-        ctx = self._context(prompt_ids + [next_token], len(prompt_ids), hidden, layout, last, 0)
+        ctx = self._context(prompt_ids + [next_token], len(prompt_ids), hidden, layout, last, 0, 0)
         out = [next_token]
         done = next_token in stops or max_new_tokens <= 1
         stats.prefill_seconds = time.perf_counter() - t0
@@ -152,20 +153,21 @@ class FirpEngine:
             stats.tokens_per_step.append(len(emitted))
             stats.rows_per_step.append(layout.num_rows)
             next_token = verdict.next_token
-            last = verdict.accepted[-1]  # in a tree layout every node is an anchor: slot == node index
-            ctx = self._context(ctx.tokens + emitted, len(prompt_ids), hidden, layout, last, last)
+            last = verdict.accepted[-1]
+            slot, shift = step_tree.draft_source(last)
+            ctx = self._context(ctx.tokens + emitted, len(prompt_ids), hidden, layout, last, slot, shift)
         stats.decode_seconds = time.perf_counter() - t0
         tokens, reason = self._truncate(out, stops, max_new_tokens)
         return Generation(tokens, stats, reason)
 
     # ------------------------------------------------------------------ helpers
     def _context(
-        self, tokens: list[int], n_prompt: int, hidden: torch.Tensor, layout, row: int, slot: int
+        self, tokens: list[int], n_prompt: int, hidden: torch.Tensor, layout, row: int, slot: int, shift: int
     ) -> DraftContext:
-        """Draft inputs from the last accepted row ``row`` (anchor number ``slot`` in the layout)."""
+        """Draft inputs after the last accepted row ``row``: pseudo ``shift+1..K`` of anchor ``slot``."""
         pseudo_logits = None
         if layout.K:
-            rows = [layout.pseudo_row(k, slot) for k in range(1, layout.K + 1)]
+            rows = [layout.pseudo_row(k, slot) for k in range(shift + 1, layout.K + 1)]
             pseudo_logits = self.parts.lm_head(hidden[rows])
         return DraftContext(tokens, n_prompt, pseudo_logits, hidden[row])
 
