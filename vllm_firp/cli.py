@@ -24,7 +24,8 @@ def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
         "--tree",
         default="budget:16",
         help="draft tree: 'chain' (top-1 of each pseudo position), 'chain:D', 'budget:N' (best N-node tree, "
-        "root included), a JSON list of rank paths like '[[0],[1],[0,0]]', or a .json file (default budget:16)",
+        "root included), a JSON list of rank paths like '[[0],[1],[0,0]]', or a .json file; a '/M' suffix "
+        "('budget:16/4') gives pseudo rows only to the M likeliest last nodes (default budget:16)",
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype (default float32)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
