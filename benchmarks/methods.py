@@ -157,7 +157,8 @@ def ablation_variants(kind: str, num_layers: int, default_K: int, budgets: Seque
         spread = tuple(max(1, round(k * (num_layers - 1) / default_K)) for k in range(1, default_K + 1))
         return same + ([(f"t={','.join(map(str, spread))}", {"inject_layer": spread})] if len(set(spread)) > 1 else [])
     if kind == "source":
-        return [("source=previous", {}), ("source=anchor", {"source": "anchor"})]
+        # Explicit for both: reference recipes differ in their default source (same recipe -> same cached heads).
+        return [("source=previous", {"source": "previous"}), ("source=anchor", {"source": "anchor"})]
     if kind == "pseudo-attend":
         return [("attend=yes", {}), ("attend=no", {"pseudo_attend_each_other": False})]
     if kind == "K":
