@@ -75,14 +75,17 @@ class DraftTree:
         return tokens
 
     def truncated(self, max_depth: int) -> DraftTree:
-        """This tree without nodes deeper than ``max_depth`` (drafts may be shorter than the tree)."""
-        if max_depth >= self.depth:
-            return self
-        kept = build_tree(tuple(p for p in self.paths[1:] if len(p) <= max_depth))
-        if self.pseudo_nodes is None:
-            return kept
-        index = {p: i for i, p in enumerate(kept.paths)}
-        return kept.with_pseudo_nodes(tuple(index[self.paths[n]] for n in self.pseudo_nodes if self.paths[n] in index))
+        """This tree without nodes deeper than ``max_depth`` (drafts may be shorter than the tree); cached."""
+        return self if max_depth >= self.depth else _truncated(self, max_depth)
+
+
+@lru_cache(maxsize=256)
+def _truncated(tree: DraftTree, max_depth: int) -> DraftTree:
+    kept = build_tree(tuple(p for p in tree.paths[1:] if len(p) <= max_depth))
+    if tree.pseudo_nodes is None:
+        return kept
+    index = {p: i for i, p in enumerate(kept.paths)}
+    return kept.with_pseudo_nodes(tuple(index[tree.paths[n]] for n in tree.pseudo_nodes if tree.paths[n] in index))
 
 
 @lru_cache(maxsize=256)
@@ -109,12 +112,11 @@ def _draft_sources(tree: DraftTree) -> tuple[tuple[int, int], ...]:
 def end_probabilities(tree: DraftTree, rank_probs: list[list[float]]) -> torch.Tensor:
     """P(the accepted path ends exactly at each node), under the independence model of :func:`budget_tree`."""
     reach = torch.ones(tree.num_nodes, dtype=torch.float64)
-    for i in range(1, tree.num_nodes):
-        d, r = int(tree.depths[i]), int(tree.ranks[i])
-        reach[i] = reach[int(tree.parents[i])] * rank_probs[d - 1][r]
-    go_on = torch.zeros(tree.num_nodes, dtype=torch.float64)
-    for i in range(1, tree.num_nodes):
-        go_on[int(tree.parents[i])] += reach[i]
+    go_on = torch.zeros(tree.num_nodes, dtype=torch.float64)  # P(reach a child) per node
+    for i in range(1, tree.num_nodes):  # breadth-first: a parent's reach is known before its children
+        parent, d, r = int(tree.parents[i]), int(tree.depths[i]), int(tree.ranks[i])
+        reach[i] = reach[parent] * rank_probs[d - 1][r]
+        go_on[parent] += reach[i]
     return (reach - go_on).clamp_min(0)
 
 
@@ -210,7 +212,7 @@ def parse_tree_spec(spec: str | None, K: int, rank_probs: list[list[float]] | No
     """
     spec = (spec or "budget:16").strip()
     head, _, tail = spec.rpartition("/")
-    if head and tail.isdigit() and not spec.endswith(".json"):
+    if head and tail.isdigit():
         tree = parse_tree_spec(head, K, rank_probs)
         return tree.with_pseudo_nodes(likely_last_nodes(tree, int(tail), rank_probs))
     if spec == "chain" or spec.startswith("chain:"):
