@@ -212,6 +212,22 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def parse_recipe_overrides(text: str) -> dict[str, Any]:
+    """``steps=60,lr=3e-3`` -> {"steps": 60, "lr": 0.003} (ints, floats, true/false, else strings)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, _, raw = item.partition("=")
+        value: Any = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        out[key.strip()] = {"true": True, "false": False}.get(raw.lower(), value)
+    return out
+
+
 def _cut_prompts(files: list[Path], tokenizer: Any, recipe: HeadsRecipe) -> list[Any]:
     """Training prompts; "mixed" = half whole-line prompts (like the benchmarks' held-out prompts, which
     end at a line end) and half cut at any token, so the heads see both ways a prompt can end."""
@@ -256,18 +272,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(RECIPES), default="micro", help="reference model size (default micro)")
     p.add_argument("--method", choices=["firp", "medusa"], default="firp", help="heads to train (default firp)")
     p.add_argument("--cache-dir", type=Path, help="cache root (default: $VLLM_FIRP_CACHE or ~/.cache/vllm-firp)")
+    p.add_argument("--recipe", type=parse_recipe_overrides, default={}, metavar="K=V,...",
+                   help="overrides of the size's HeadsRecipe, e.g. steps=480 (the cache key includes them)")
     p.add_argument("--path", action="store_true", help="print the cache directory without building")
     p.add_argument("--evaluate", action="store_true", help="then evaluate on fresh greedy data from held-out "
                    "stdlib files (training.evaluate, 32 prompts, engine tau on 8); writes <heads>-eval/")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
     if args.path:
-        print(reference_heads_dir(args.size, args.method, args.cache_dir))
+        print(reference_heads_dir(args.size, args.method, args.cache_dir, **args.recipe))
         return 0
-    heads = ensure_reference_heads(args.size, args.method, args.cache_dir, progress=not args.quiet)
+    heads = ensure_reference_heads(args.size, args.method, args.cache_dir, progress=not args.quiet, **args.recipe)
     print(heads)
     if args.evaluate:
-        report = evaluate_reference_heads(args.size, args.method, args.cache_dir, progress=not args.quiet)
+        report = evaluate_reference_heads(args.size, args.method, args.cache_dir, progress=not args.quiet,
+                                          **args.recipe)
         keys = ("top1_vs_greedy", "top5_vs_greedy", "tau_chain", "engine")
         print(json.dumps({k: report.get(k) for k in keys}, indent=2))
     return 0

@@ -28,6 +28,7 @@ from vllm_firp.core import FirpHeads
 
 from .measure import machine_info, measure, pick_threads
 from .methods import ABLATIONS, MAIN_METHODS, Builder, Options, ablation_methods
+from .reference_heads import parse_recipe_overrides
 from .report import write_report
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -39,22 +40,6 @@ MEDUSA_RECIPE_FIELDS = {"num_prompts", "prompt_tokens", "max_new_tokens", "steps
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _overrides(text: str) -> dict[str, Any]:
-    """``steps=60,lr=3e-3`` -> {"steps": 60, "lr": 0.003} (ints, floats, true/false, else strings)."""
-    out: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, _, raw = item.partition("=")
-        value: Any = raw
-        for cast in (int, float):
-            try:
-                value = cast(raw)
-                break
-            except ValueError:
-                pass
-        out[key.strip()] = {"true": True, "false": False}.get(raw.lower(), value)
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ablation", choices=ABLATIONS, help="run this ablation instead of the method comparison: FIRP "
                    "heads trained per variant (inject layer t, serial/parallel source, pseudo tokens attending each "
                    "other, K) or tree budgets; writes to OUT/ablation-<kind>")
-    g.add_argument("--heads-recipe", type=_overrides, default={}, metavar="K=V,...",
+    g.add_argument("--heads-recipe", type=parse_recipe_overrides, default={}, metavar="K=V,...",
                    help="overrides of the reference heads recipe, for the default FIRP and Medusa heads and every "
                    "ablation variant (e.g. steps=600 to train longer, steps=60 for cheap ablation heads); "
                    "see benchmarks.reference_heads.HeadsRecipe")
