@@ -134,6 +134,20 @@ def test_cpu_expand_kernel_is_still_broken_upstream():
     assert expanded.tolist() == pytest.approx(want)
 
 
+def test_cpu_generators_still_cannot_be_rewound_upstream():
+    """The reason for rows 11-12. When this fails, vLLM changed how it rewinds seeded generators after a
+    discarded partial-prefill sample: re-read ``_bookkeeping_sync`` and drop or adapt rows 11-12."""
+    import torch
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    src = inspect.getsource(_original(GPUModelRunner, "_bookkeeping_sync"))
+    assert "gen.set_offset(gen.get_offset() - 4)" in src and "discard_request_mask" in src
+    with pytest.raises(RuntimeError, match="does not use offset"):
+        torch.Generator("cpu").get_offset()
+    sample = inspect.getsource(_original(GPUModelRunner, "_sample"))
+    assert "self.sampler(" in sample and "self.rejection_sampler(" in sample
+
+
 # ---------------------------------------------------------------------------------------------- config
 def test_method_literal_extended_for_pydantic_and_cli():
     from vllm.config import SpeculativeConfig

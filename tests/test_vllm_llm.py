@@ -59,7 +59,11 @@ def workload(models):
         params.append(SamplingParams(**kw))
     long_ids = tok(base[4] * 40, add_special_tokens=False).input_ids[: MAX_LEN - 12]
     near_max = [{"prompt_token_ids": long_ids[: MAX_LEN - 12 - j]} for j in range(3)]
-    return {"prompts": prompts, "params": params, "near_max": near_max}
+    # A seeded request prefilled in chunks (> max_num_batched_tokens), alone and behind a filler prompt
+    # that shifts its chunk boundaries: 96+96+8 tokens (2 discarded samples) vs 6+95+95+4 (3).
+    chunked = {"prompt_token_ids": tok(base[5] * 20, add_special_tokens=False).input_ids[:200]}
+    filler = {"prompt_token_ids": tok(base[6] * 20, add_special_tokens=False).input_ids[:90]}
+    return {"prompts": prompts, "params": params, "near_max": near_max, "chunked": chunked, "filler": filler}
 
 
 def make_llm(models, spec):
@@ -91,7 +95,11 @@ def run_workloads(llm, workload):
     greedy = llm.generate(workload["prompts"], workload["params"], use_tqdm=False)
     after_greedy = metrics(llm)
     near = llm.generate(workload["near_max"], SamplingParams(temperature=0.0, max_tokens=40), use_tqdm=False)
-    return {"greedy": greedy, "near_max": near, "greedy_metrics": after_greedy}
+    seeded = SamplingParams(temperature=1.0, seed=7, max_tokens=24, ignore_eos=True)
+    alone = llm.generate([workload["chunked"]], seeded, use_tqdm=False)
+    behind = llm.generate([workload["filler"], workload["chunked"]], seeded, use_tqdm=False)
+    return {"greedy": greedy, "near_max": near, "greedy_metrics": after_greedy,
+            "seeded_chunked": [alone[0].outputs[0].token_ids, behind[1].outputs[0].token_ids]}
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +242,6 @@ def test_seeded_sampling(firp, workload):
     from vllm import SamplingParams
 
     llm = firp["llm"]
-    # Short prompts: each prefill fits one step. vLLM 0.32's CPU runner cannot rewind a seeded
-    # generator for a discarded partial-prefill sample ("CPU Generator does not use offset").
     prompts = [p.splitlines()[0][:40] for p in workload["prompts"][:8]]
     params = [SamplingParams(temperature=0.8, top_p=0.95, seed=100 + i, max_tokens=24 + i, ignore_eos=True)
               for i in range(len(prompts))]
@@ -246,6 +252,17 @@ def test_seeded_sampling(firp, workload):
         assert len(o.outputs[0].token_ids) == 24 + i and o.outputs[0].finish_reason == "length"
         assert all(0 <= t < vocab for t in o.outputs[0].token_ids)
     assert metrics(llm)["vllm:spec_decode_num_accepted_tokens"] > before
+
+
+def test_seeded_requests_prefilled_in_chunks(baseline, firp):
+    """vLLM 0.32's CPU runner crashed on these ("CPU Generator does not use offset"; patches.py rows 11-12).
+
+    Without speculation a seed fixes the output whatever the chunking: the samples drawn for partial
+    prefills are discarded and must leave the generator as it was (2 vs 3 of them here).
+    """
+    alone, behind = baseline["seeded_chunked"]
+    assert len(alone) == 24 and list(alone) == list(behind), "the seeded stream depends on prefill chunking"
+    assert all(len(t) == 24 for t in firp["seeded_chunked"])
 
 
 def test_sampling_keeps_the_target_distribution(firp, workload, models):

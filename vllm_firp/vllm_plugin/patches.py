@@ -12,12 +12,21 @@
 | 8 | ``GPUModelRunner.propose_draft_token_ids``                        | wrap, firp first | the method chain has no else branch |
 | 9 | ``GPUModelRunner.initialize_metadata_builders``                   | wrap             | attention metadata builders for layers t+1..L |
 | 10 | ``utils.cpu_triton_utils._expand_kernel_impl`` (CPU build)       | replace          | vLLM's CPU fallback drops its result for non-int64 outputs (below) |
+| 11 | ``GPUModelRunner._sample``                                        | wrap, CPU gens   | keep seeded CPU generators untouched by discarded partial-prefill samples |
+| 12 | ``GPUModelRunner._bookkeeping_sync``                              | wrap, CPU gens   | skip the CUDA-only ``set_offset`` rewind that crashes on CPU (below) |
 
 Row 10 fixes a vLLM 0.32.0 CPU-build bug that breaks random sampling for every speculative method: the
 C++ fallback of ``rejection_sampler.expand_kernel`` writes into an int64 *copy* of its output, so the
 per-draft-token temperature / top-p / top-k tensors stay uninitialised and the rejection sampler
 verifies drafts against garbage distributions (acceptance near 0, wrong output distribution). GPU
 builds launch the Triton kernel and never call it.
+
+Rows 11-12 fix a second CPU-only crash, with or without speculation: a seeded request whose prompt is
+prefilled in chunks samples (and discards) a token per chunk, and ``_bookkeeping_sync`` then rewinds its
+generator with ``set_offset(get_offset() - 4)``, which only CUDA's Philox generator has ("CPU Generator
+does not use offset"). For CPU generators the wrappers snapshot the state before sampling and restore it
+after, and hide them from the rewind. The seeded stream is then independent of how the prompt was
+chunked, which is what the CUDA rewind achieves on GPU; CUDA generators are left to vLLM.
 
 Also relied on, unpatched (tests/test_vllm_contract.py checks them): ``CPUModelRunner`` subclasses
 ``GPUModelRunner``; ``create_custom_proposer(vllm_config)``; ``_get_eagle3_aux_layers_from_config``;
@@ -49,6 +58,8 @@ PATCHED: list[tuple[str, str]] = [
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.propose_draft_token_ids"),
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.initialize_metadata_builders"),
     ("vllm.utils.cpu_triton_utils", "_expand_kernel_impl"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._sample"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._bookkeeping_sync"),
 ]
 _MARK = "__firp_patched__"
 
@@ -73,6 +84,7 @@ def apply() -> bool:
     patch_config()
     patch_runner()
     patch_cpu_expand_kernel()
+    patch_cpu_seeded_partial_prefill()
     return True
 
 
@@ -242,3 +254,45 @@ def patch_cpu_expand_kernel() -> None:
     registered = getattr(rejection_sampler, "expand_kernel", None)
     if getattr(registered, "_impl", None) is original:  # the worker registered the overrides already
         registered._impl = registered.func = expand_kernel_impl
+
+
+def _discarded_cpu_generators(runner: Any) -> dict[int, Any]:
+    """Seeded CPU generators of requests whose sampled token this step is discarded (partial prefill)."""
+    import numpy as np
+
+    batch = runner.input_batch
+    discarded = np.nonzero(runner.discard_request_mask.np[: batch.num_reqs])[0]
+    gens = ((int(i), batch.generators.get(int(i))) for i in discarded)
+    return {i: g for i, g in gens if g is not None and g.device.type == "cpu"}
+
+
+def patch_cpu_seeded_partial_prefill() -> None:
+    """Rows 11-12: a discarded sample leaves a seeded CPU generator as it was, and is not rewound."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    def sample(original: Any) -> Any:
+        def _sample(self: Any, *args: Any, **kwargs: Any) -> Any:
+            saved = {i: g.get_state() for i, g in _discarded_cpu_generators(self).items()}
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                for i, state in saved.items():
+                    self.input_batch.generators[i].set_state(state)
+
+        return _sample
+
+    def bookkeeping(original: Any) -> Any:
+        def _bookkeeping_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
+            hidden = _discarded_cpu_generators(self)
+            generators = self.input_batch.generators
+            for i in hidden:
+                del generators[i]
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                generators.update(hidden)
+
+        return _bookkeeping_sync
+
+    _wrap(GPUModelRunner, "_sample", sample)
+    _wrap(GPUModelRunner, "_bookkeeping_sync", bookkeeping)
