@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedModel
 
-from vllm_firp.core import FirpHeads, budget_tree, chain_tree, likely_last_nodes
+from vllm_firp.core import FirpHeads, budget_tree, chain_tree, default_inject_layer, likely_last_nodes
 from vllm_firp.core.tree import default_rank_probs
 from vllm_firp.engine.drafters import Drafter, FirpDrafter
 from vllm_firp.engine.engine import FirpEngine
@@ -142,11 +141,6 @@ def _need(heads: Any, what: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------- ablations
-
-
-def default_inject_layer(num_layers: int) -> int:
-    """FirpConfig.for_model's default (3/4 of the depth)."""
-    return max(1, min(num_layers - 1, math.ceil(0.75 * num_layers)))
 
 
 def ablation_variants(kind: str, num_layers: int, default_K: int, budgets: Sequence[int]) -> list[tuple[str, dict]]:

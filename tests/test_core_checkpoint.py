@@ -65,6 +65,11 @@ def test_mismatched_model_is_refused(saved, field, value, message) -> None:
         ({"format_version": 9}, "format_version 9 is not supported"),
         ({"source": "sideways"}, "source must be 'previous' or 'anchor'"),
         ({"mystery": 1}, "unknown field"),
+        ({"residual": "false"}, "residual must be true or false, got 'false'"),
+        ({"pseudo_attend_each_other": 0}, "pseudo_attend_each_other must be true or false"),
+        ({"inject_layers": [2.7, "2", 2]}, "inject_layers must be a list of integer layer numbers"),
+        ({"inject_layers": 3}, "inject_layers must be a list of integer layer numbers"),
+        ({"hidden_size": True}, "hidden_size must be a positive integer, got True"),
     ],
 )
 def test_invalid_config_is_refused(saved, changes, message) -> None:

@@ -11,9 +11,11 @@ from vllm_firp.core import (
     build_tree,
     chain_tree,
     end_probabilities,
+    expected_accepted_length,
     likely_last_nodes,
     parse_tree_spec,
     prefill_layout,
+    reach_probabilities,
     tree_layout,
 )
 from vllm_firp.engine.hf_model import ModelParts, commit_rows, forward_rows, new_cache
@@ -49,6 +51,14 @@ def test_tree_spec_errors_are_clear() -> None:
         parse_tree_spec("bushy", K=2)
     assert parse_tree_spec("[[0],[1],[0,0]]", K=2).num_nodes == 4
     assert parse_tree_spec("chain", K=3).paths == chain_tree(3).paths
+    bad = {
+        "[1,2]": "list of rank paths", "[[0.5],[1.7]]": "must hold ranks >= 0", "[[true]]": "must hold ranks",
+        "missing.json": "does not exist", "budget:x": "N must be a positive integer",
+        "chain:-1": "D must be a positive integer", "budget:0": "N must be a positive integer",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            parse_tree_spec(spec, K=3)
 
 
 def test_budget_tree_prefers_likely_paths() -> None:
@@ -64,6 +74,9 @@ def test_pseudo_nodes_worked_example() -> None:
     tree = build_tree(((0,), (1,), (0, 0), (0, 1), (1, 0)))  # nodes: root, 0, 1, 00, 01, 10
     probs = [[0.5, 0.2], [0.5, 0.2]]
     # reach: 1, .5, .2, .25, .1, .1; ends = reach - children's reach
+    assert reach_probabilities(tree, probs).tolist() == pytest.approx([1, 0.5, 0.2, 0.25, 0.1, 0.1])
+    assert expected_accepted_length(tree, probs) == pytest.approx(2.15)
+    assert expected_accepted_length(tree, [[0.5], [0.5]]) == pytest.approx(1.75)  # ranks past the list: 0
     ends = end_probabilities(tree, probs)
     assert ends.tolist() == pytest.approx([1 - 0.7, 0.5 - 0.35, 0.2 - 0.1, 0.25, 0.1, 0.1])
     assert likely_last_nodes(tree, 3, probs) == (0, 1, 3)  # root always, then 0.25 (00) and 0.15 (0)
@@ -115,13 +128,14 @@ def test_prefill_layout_anchors_last_token() -> None:
     assert layout.mask[:3, 3:].any().item() is False  # real rows never see pseudo rows
 
 
+@pytest.mark.parametrize("inject", [(2, 2, 2), (1, 2, 3)], ids=["one-layer", "staggered"])
 @pytest.mark.parametrize("source", ["previous", "anchor"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_pseudo_rows_match_an_independent_hf_run(arch: str, source: str) -> None:
+def test_pseudo_rows_match_an_independent_hf_run(arch: str, source: str, inject: tuple[int, ...]) -> None:
     """Pseudo rows of a tree node == HF's own forward over [context, path to node, pseudo tokens]
-    with the pseudo states written into the stream after layer t (a forward hook), as the design says."""
+    with pseudo k written into the stream after layer t_k (forward hooks), as the design says."""
     model = tiny_model(arch, seed=3)
-    heads = random_heads(model, K=3, seed=4, std=0.05, source=source, inject_layer=2)
+    heads = random_heads(model, K=3, seed=4, std=0.05, source=source, inject_layer=list(inject))
     parts = ModelParts.of(model)
     tree = build_tree(((0,), (1,), (1, 0), (1, 0, 0)))
     context = torch.randint(0, 101, (9,), generator=torch.Generator().manual_seed(5))
@@ -136,20 +150,23 @@ def test_pseudo_rows_match_an_independent_hf_run(arch: str, source: str) -> None
         seq = torch.cat([context, node_tokens[path], torch.zeros(3, dtype=torch.long)])
         anchor_pos = len(context) + len(path) - 1
 
-        def inject(module, args, output, anchor_pos=anchor_pos):
-            h = output.clone()
-            prev = None
-            for k in range(1, 4):
-                prev = heads.pseudo_state(k, heads.source_for(k, h[0, anchor_pos], prev))
-                h[0, anchor_pos + k] = prev
-            return h
+        def inject_after(layer: int, anchor_pos=anchor_pos):
+            def hook(module, args, output):
+                h = output.clone()
+                for k in (k for k in (1, 2, 3) if inject[k - 1] == layer):
+                    prev = h[0, anchor_pos + k - 1] if k > 1 else None
+                    h[0, anchor_pos + k] = heads.pseudo_state(k, heads.source_for(k, h[0, anchor_pos], prev))
+                return h
 
-        handle = model.model.layers[1].register_forward_hook(inject)  # after layer t = 2
+            return hook
+
+        handles = [model.model.layers[t - 1].register_forward_hook(inject_after(t)) for t in sorted(set(inject))]
         try:
             with torch.inference_mode():
                 ref = model.model(seq[None]).last_hidden_state[0]
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         ours = hidden[[layout.pseudo_row(k, node) for k in (1, 2, 3)]]
         torch.testing.assert_close(ours, ref[anchor_pos + 1 : anchor_pos + 4], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(hidden[node], ref[anchor_pos], rtol=1e-4, atol=1e-4)

@@ -30,8 +30,8 @@ def heads(model) -> str:
 def engine_config(model: str, spec: dict | None, **kw):
     from vllm.engine.arg_utils import EngineArgs
 
-    args = EngineArgs(model=model, enforce_eager=True, max_model_len=256, dtype="float32",
-                      speculative_config=spec, **kw)
+    args = EngineArgs(model=model, speculative_config=spec, **(dict(enforce_eager=True, max_model_len=256,
+                                                                    dtype="float32") | kw))
     return args.create_engine_config()
 
 
@@ -149,10 +149,17 @@ def test_bad_heads_are_refused_at_config_time(model, heads, tmp_path, case):
     ({"draft_sample_method": "probabilistic"}, {}, "draft_sample_method are not supported"),
     ({"quantization": "fp8"}, {}, "quantization are not supported"),
     ({"model": None, "num_speculative_tokens": 3}, {}, "needs 'model': the FIRP heads directory"),
+    ({}, {"hf_overrides": {"sliding_window": 64}}, r"layers \[4\] of the served model use a 64-token sliding"),
 ])
 def test_unsupported_settings_are_refused(model, heads, spec, kw, message):
     with pytest.raises(ValueError, match=message):
         engine_config(model, {"method": "firp", "model": heads} | spec, **kw)
+
+
+def test_disabled_sliding_window_is_served(model, heads):
+    config = engine_config(model, {"method": "firp", "model": heads}, hf_overrides={"sliding_window": 64},
+                           disable_sliding_window=True, max_model_len=64)
+    assert config.speculative_config.method == "firp"
 
 
 def test_heads_trained_for_another_model_warn(model, heads, tmp_path):

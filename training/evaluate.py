@@ -24,7 +24,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vllm_firp.core import DraftTree, FirpCheckpointError, FirpHeads, budget_tree, chain_tree
+from vllm_firp.core import (
+    DraftTree,
+    FirpCheckpointError,
+    FirpHeads,
+    budget_tree,
+    chain_tree,
+    expected_accepted_length,
+)
 from vllm_firp.engine.hf_model import ModelParts
 
 from .data import DataError, TokenSequence, load_sequences
@@ -103,14 +110,13 @@ class Tally:
         chain_exact = [1 + float(correct[:, :d].cumprod(1).sum(1).float().mean()) if len(ranks) else 1.0
                        for d in range(1, self.K + 1)]
         acc1 = (self.hit_teacher[0] / n).tolist()
-        chain_indep = [1 + sum(float(torch.tensor(acc1[:k]).prod()) for k in range(1, d + 1))
-                       for d in range(1, self.K + 1)]
+        chain_indep = [expected_accepted_length(chain_tree(d), [[a] for a in acc1]) for d in range(1, self.K + 1)]
         rank_probs = (self.rank_counts / n[:, None]).tolist()
         trees = {}
         for budget in tree_budgets:
             tree = budget_tree(budget, self.K, topk=self.topk, rank_probs=rank_probs)
             trees[str(budget)] = {"paths": [list(p) for p in tree.paths[1:]],
-                                  "tau_independent": round(expected_tau(tree, rank_probs), 4),
+                                  "tau_independent": round(expected_accepted_length(tree, rank_probs), 4),
                                   "tau_measured": round(measured_tau(tree, ranks), 4)}
         rep: dict[str, Any] = {
             "pairs_per_position": self.n_teacher.long().tolist(),
@@ -133,17 +139,6 @@ class Tally:
 
 def _r(xs: Sequence[float]) -> list[float]:
     return [round(float(x), 4) for x in xs]
-
-
-def expected_tau(tree: DraftTree, rank_probs: Sequence[Sequence[float]]) -> float:
-    """1 + sum over non-root nodes of the product of rank probabilities on their path (independence)."""
-    total = 1.0
-    for path in tree.paths[1:]:
-        p = 1.0
-        for d, r in enumerate(path):
-            p *= rank_probs[d][r] if r < len(rank_probs[d]) else 0.0
-        total += p
-    return total
 
 
 def measured_tau(tree: DraftTree, ranks: torch.Tensor) -> float:

@@ -1,6 +1,6 @@
 """FIRP math shared by every engine: heads and checkpoints, draft trees, masks/positions, verification."""
 
-from .config import FirpCheckpointError, FirpConfig
+from .config import FirpCheckpointError, FirpConfig, default_inject_layer
 from .heads import FirpHeads
 from .layout import StepLayout, prefill_layout, step_layout, tree_layout
 from .tree import (
@@ -9,8 +9,10 @@ from .tree import (
     build_tree,
     chain_tree,
     end_probabilities,
+    expected_accepted_length,
     likely_last_nodes,
     parse_tree_spec,
+    reach_probabilities,
 )
 from .verify import SamplingParams, Verdict, target_probs, verify, verify_greedy, verify_sampling
 
@@ -25,10 +27,13 @@ __all__ = [
     "budget_tree",
     "build_tree",
     "chain_tree",
+    "default_inject_layer",
     "end_probabilities",
+    "expected_accepted_length",
     "likely_last_nodes",
     "parse_tree_spec",
     "prefill_layout",
+    "reach_probabilities",
     "step_layout",
     "target_probs",
     "tree_layout",

@@ -17,6 +17,15 @@ class FirpCheckpointError(ValueError):
     """A FIRP heads checkpoint (or its config) is unusable; the message names the problem."""
 
 
+def default_inject_layer(num_hidden_layers: int) -> int:
+    """Where pseudo tokens join by default: 3/4 of the depth, leaving at least one layer to refine them."""
+    return max(1, min(num_hidden_layers - 1, math.ceil(0.75 * num_hidden_layers)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
 class FirpConfig:
     """Shape and wiring of the K pseudo-token projections.
@@ -42,7 +51,8 @@ class FirpConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        self.inject_layers = [int(t) for t in self.inject_layers]
+        if isinstance(self.inject_layers, tuple):
+            self.inject_layers = list(self.inject_layers)
         self.validate()
 
     @property
@@ -56,8 +66,8 @@ class FirpConfig:
         """A config matching an HF model config; default inject layer is 3/4 of the depth."""
         n_layers = model_config.num_hidden_layers
         if inject_layer is None:
-            inject_layer = max(1, min(n_layers - 1, math.ceil(0.75 * n_layers)))
-        layers = inject_layer if isinstance(inject_layer, list) else [inject_layer] * num_future_tokens
+            inject_layer = default_inject_layer(n_layers)
+        layers = list(inject_layer) if isinstance(inject_layer, (list, tuple)) else [inject_layer] * num_future_tokens
         return cls(
             hidden_size=model_config.hidden_size,
             num_hidden_layers=n_layers,
@@ -77,8 +87,13 @@ class FirpConfig:
         if self.format_version != FORMAT_VERSION:
             raise bad(f"format_version {self.format_version} is not supported (this build reads {FORMAT_VERSION})")
         for name in ("hidden_size", "num_hidden_layers", "vocab_size", "num_future_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+            if not _is_int(getattr(self, name)) or getattr(self, name) <= 0:
                 raise bad(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("residual", "bias", "pseudo_attend_each_other"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.inject_layers, list) or not all(_is_int(t) for t in self.inject_layers):
+            raise bad(f"inject_layers must be a list of integer layer numbers, got {self.inject_layers!r}")
         if len(self.inject_layers) != self.num_future_tokens:
             raise bad(
                 f"inject_layers has {len(self.inject_layers)} entries but num_future_tokens is "

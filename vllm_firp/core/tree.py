@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -109,14 +110,26 @@ def _draft_sources(tree: DraftTree) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def end_probabilities(tree: DraftTree, rank_probs: list[list[float]]) -> torch.Tensor:
-    """P(the accepted path ends exactly at each node), under the independence model of :func:`budget_tree`."""
+def reach_probabilities(tree: DraftTree, rank_probs: Sequence[Sequence[float]]) -> torch.Tensor:
+    """P(the accepted path reaches each node): the product of ``rank_probs[d][r]`` along its path, assuming
+    depths independent (Medusa's tree-search model); ranks beyond a depth's list count as 0."""
     reach = torch.ones(tree.num_nodes, dtype=torch.float64)
-    go_on = torch.zeros(tree.num_nodes, dtype=torch.float64)  # P(reach a child) per node
     for i in range(1, tree.num_nodes):  # breadth-first: a parent's reach is known before its children
-        parent, d, r = int(tree.parents[i]), int(tree.depths[i]), int(tree.ranks[i])
-        reach[i] = reach[parent] * rank_probs[d - 1][r]
-        go_on[parent] += reach[i]
+        d, r = int(tree.depths[i]), int(tree.ranks[i])
+        reach[i] = reach[int(tree.parents[i])] * (rank_probs[d - 1][r] if r < len(rank_probs[d - 1]) else 0.0)
+    return reach
+
+
+def expected_accepted_length(tree: DraftTree, rank_probs: Sequence[Sequence[float]]) -> float:
+    """Expected tokens per step (the bonus token included): the sum of reach probabilities, root = 1."""
+    return float(reach_probabilities(tree, rank_probs).sum())
+
+
+def end_probabilities(tree: DraftTree, rank_probs: Sequence[Sequence[float]]) -> torch.Tensor:
+    """P(the accepted path ends exactly at each node), under the independence model of :func:`budget_tree`."""
+    reach = reach_probabilities(tree, rank_probs)
+    go_on = torch.zeros(tree.num_nodes, dtype=torch.float64)  # P(reach a child) per node
+    go_on.index_add_(0, tree.parents[1:], reach[1:])
     return (reach - go_on).clamp_min(0)
 
 
@@ -132,7 +145,7 @@ def likely_last_nodes(tree: DraftTree, count: int, rank_probs: list[list[float]]
 def _validate(paths: tuple[Path_, ...]) -> None:
     seen = set(paths)
     for p in paths:
-        if any((not isinstance(r, int)) or r < 0 for r in p):
+        if any(not isinstance(r, int) or isinstance(r, bool) or r < 0 for r in p):
             raise ValueError(f"tree path {list(p)} must hold ranks >= 0")
         if len(p) > 1 and p[:-1] not in seen:
             raise ValueError(f"tree path {list(p)} has no parent {list(p[:-1])}: every prefix must be in the tree")
@@ -143,7 +156,7 @@ def _validate(paths: tuple[Path_, ...]) -> None:
 @lru_cache(maxsize=64)
 def build_tree(choices: tuple[Path_, ...]) -> DraftTree:
     """Index buffers for a tree given by its non-root paths; cached per shape."""
-    paths_in = tuple(tuple(int(r) for r in p) for p in choices if len(p) > 0)
+    paths_in = tuple(tuple(p) for p in choices if len(p) > 0)
     _validate(paths_in)
     paths = ((),) + tuple(sorted(paths_in, key=lambda p: (len(p), p)))
     index = {p: i for i, p in enumerate(paths)}
@@ -205,6 +218,13 @@ def budget_tree(num_nodes: int, depth: int, topk: int = 4, rank_probs: list[list
     return build_tree(tuple(chosen))
 
 
+def _positive(spec: str, name: str) -> int:
+    value = spec.split(":", 1)[1]
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"tree spec {spec!r}: {name} must be a positive integer")
+    return int(value)
+
+
 def parse_tree_spec(spec: str | None, K: int, rank_probs: list[list[float]] | None = None) -> DraftTree:
     """A tree from a CLI spec: ``chain``, ``chain:D``, ``budget:N``, a JSON list of paths, or a .json file.
 
@@ -215,19 +235,27 @@ def parse_tree_spec(spec: str | None, K: int, rank_probs: list[list[float]] | No
     if head and tail.isdigit():
         tree = parse_tree_spec(head, K, rank_probs)
         return tree.with_pseudo_nodes(likely_last_nodes(tree, int(tail), rank_probs))
-    if spec == "chain" or spec.startswith("chain:"):
-        depth = int(spec.split(":")[1]) if ":" in spec else K
-        tree = chain_tree(depth)
+    if spec == "chain":
+        tree = chain_tree(K)
+    elif spec.startswith("chain:"):
+        tree = chain_tree(_positive(spec, "D"))
     elif spec.startswith("budget:"):
-        tree = budget_tree(int(spec.split(":")[1]), K, rank_probs=rank_probs)
+        tree = budget_tree(_positive(spec, "N"), K, rank_probs=rank_probs)
     else:
-        text = Path(spec).read_text() if spec.endswith(".json") and Path(spec).is_file() else spec
+        if spec.endswith(".json"):
+            if not Path(spec).is_file():
+                raise ValueError(f"tree file {spec!r} does not exist")
+            text = Path(spec).read_text()
+        else:
+            text = spec
         try:
             choices = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(
                 f"tree spec {spec!r} is not 'chain', 'chain:D', 'budget:N', a JSON list of paths or a .json file"
             ) from e
+        if not isinstance(choices, list) or not all(isinstance(p, list) for p in choices):
+            raise ValueError(f"tree spec {spec!r}: a JSON tree is a list of rank paths, e.g. [[0], [1], [0, 0]]")
         tree = build_tree(tuple(tuple(p) for p in choices))
     if tree.depth > K:
         raise ValueError(f"tree depth {tree.depth} exceeds the heads' num_future_tokens K={K}")

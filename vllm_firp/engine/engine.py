@@ -33,7 +33,9 @@ from .hf_model import ModelParts, commit_rows, forward_rows, new_cache
 class GenerationStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
-    tokens_per_step: list[int] = field(default_factory=list)  # tokens emitted by each decode forward
+    # Tokens each decode forward emitted: accepted drafts + 1, as verified, before a stop token or
+    # max_new_tokens cuts the last step (like vLLM's acceptance counts); new_tokens is what is kept.
+    tokens_per_step: list[int] = field(default_factory=list)
     rows_per_step: list[int] = field(default_factory=list)  # rows (tree + pseudo) of each decode forward
 
     @property
@@ -107,8 +109,8 @@ class FirpEngine:
     ) -> Generation:
         """Generate up to ``max_new_tokens`` tokens after ``prompt_ids``.
 
-        ``drafter=None`` means FIRP with the engine's heads when it has any and ``tree`` is given,
-        else plain autoregressive decoding. ``tree`` defaults to the top-1 chain of depth K.
+        ``drafter=None`` drafts with the engine's FIRP heads when ``tree`` is given, and otherwise decodes
+        plainly (autoregressive, the baseline). With a drafter but no ``tree``, the tree is its top-1 chain.
         """
         sampling = sampling or SamplingParams()
         drafter = drafter or (FirpDrafter(self.heads) if self.heads is not None and tree is not None else NoDrafter())

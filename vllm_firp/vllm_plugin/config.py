@@ -65,6 +65,7 @@ def finish_speculative_config(sc: Any) -> None:
 
     heads_dir = os.path.abspath(os.path.expanduser(sc.model))
     cfg = load_heads_config(heads_dir, target)
+    _refuse_sliding_windows(target.hf_text_config, cfg.inject_layers[0])
     n = sc.num_speculative_tokens or cfg.K
     if n > cfg.K:
         raise FirpConfigError(
@@ -111,6 +112,21 @@ def load_heads_config(heads_dir: str, target: Any) -> FirpConfig:
             "pseudo tokens causally (each sees the earlier ones). Use the reference engine (vllm_firp.engine)."
         )
     return cfg
+
+
+def _refuse_sliding_windows(hf_config: Any, inject_layer: int) -> None:
+    """The drafter builds full-attention metadata for layers t+1..L; a windowed layer there would be wrong."""
+    window = getattr(hf_config, "sliding_window", None)
+    if not window:
+        return
+    types = getattr(hf_config, "layer_types", None) or ["sliding_attention"] * hf_config.num_hidden_layers
+    windowed = [i + 1 for i, kind in enumerate(types) if kind == "sliding_attention" and i + 1 > inject_layer]
+    if windowed:
+        raise FirpConfigError(
+            f"speculative method 'firp' drafts with full attention, but layers {windowed} of the served model use "
+            f"a {window}-token sliding window; serve with --disable-sliding-window (max_model_len <= {window}) "
+            "or use the reference engine (vllm_firp.engine), which applies windows"
+        )
 
 
 def _refuse_unused_fields(sc: Any) -> None:
