@@ -70,6 +70,9 @@ def test_missing_prompt_file_and_cli_exit_code(tmp_path: Path, model_dir: Path, 
     rc = generate_data.main(["--model", str(model_dir), "--prompts", str(tmp_path / "nope.jsonl"),
                              "--out", str(tmp_path / "d")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    rc = generate_data.main(["--model", str(tmp_path / "no-model"), "--prompts", str(tmp_path / "nope.jsonl"),
+                             "--out", str(tmp_path / "d")])
+    assert rc == 2 and "model directory" in capsys.readouterr().err
 
 
 def test_text_file_prompts(tmp_path: Path) -> None:
@@ -119,6 +122,13 @@ def test_all_prompts_too_long_is_an_error(tmp_path: Path, model_dir: Path) -> No
                                     backend="hf", progress=False)
 
 
+def test_prompt_ids_outside_the_vocabulary_are_an_error(tmp_path: Path, model_dir: Path) -> None:
+    prompts = encode_prompts([{"prompt_ids": [1, 2]}, {"prompt_ids": [3, 10**6]}], None)
+    with pytest.raises(DataError, match="token ids >= the model's vocabulary size"):
+        generate_data.generate_data(str(model_dir), prompts, tmp_path / "d", GenerationSettings(max_new_tokens=4),
+                                    backend="hf", progress=False)
+
+
 def test_training_refuses_empty_or_foreign_data(tmp_path: Path, model_dir: Path, capsys) -> None:
     data = tmp_path / "d"
     SequenceStore(data).open({"model": "x"})
@@ -129,6 +139,8 @@ def test_training_refuses_empty_or_foreign_data(tmp_path: Path, model_dir: Path,
     assert train.main([*base, "--holdout-percent", "0"]) == 2
     assert "outside the model's vocabulary" in capsys.readouterr().err
     assert not (tmp_path / "h").exists()
+    missing_model = ["--model", str(tmp_path / "nope"), *base[2:]]
+    assert train.main(missing_model) == 2 and "model directory" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_heads_of_another_model(tmp_path: Path, model_dir: Path, capsys) -> None:

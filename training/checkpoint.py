@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from vllm_firp.core import FirpCheckpointError
+from vllm_firp.core.heads import load_checked_weights
 
 STATE = "trainer_state.pt"
 PREFIX = "step-"
@@ -104,7 +104,7 @@ def load_checkpoint(path: Path, heads: torch.nn.Module) -> dict[str, Any]:
     diff = sorted(k for k in current if k not in ("training", "dtype", "base_model") and saved.get(k) != current[k])
     if diff:
         raise FirpCheckpointError(f"checkpoint {path} was trained with different heads settings: {', '.join(diff)}")
-    heads.load_state_dict(load_file(str(path / "heads" / "model.safetensors")))
+    heads.load_state_dict(load_checked_weights(path / "heads", heads))  # refuses NaN/Inf, shapes, pickles
     state = torch.load(path / STATE, weights_only=True)
     set_rng_state(state["rng"])
     return state

@@ -270,11 +270,28 @@ class SequenceStore:
         return out
 
 
+def check_model_path(model: str) -> None:
+    """A clear error for a local model path that does not exist (instead of a hub-id validation error)."""
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1  # hub ids are "org/name"
+    if looks_local and not Path(model).expanduser().is_dir():
+        raise DataError(f"model directory {model} does not exist (give a local HF model directory or a hub id)")
+
+
+def load_base_model(model: str, dtype: Any, **kw: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` after :func:`check_model_path`."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_path(model)
+    return AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **kw)
+
+
 def load_sequences(
     path: str | Path, split: str = "train", holdout_percent: float = 0.0, min_len: int = 2
 ) -> list[TokenSequence]:
     """Sequences of a data dir (or its ``sequences.jsonl``) for ``split`` in train|eval|all."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist: run `python -m training.generate_data` first")
     directory = path if path.is_dir() else path.parent
     store = SequenceStore(directory)
     if path.is_file():

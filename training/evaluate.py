@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from vllm_firp.core import (
     DraftTree,
-    FirpCheckpointError,
     FirpHeads,
     budget_tree,
     chain_tree,
@@ -34,7 +33,7 @@ from vllm_firp.core import (
 )
 from vllm_firp.engine.hf_model import ModelParts
 
-from .data import DataError, TokenSequence, load_sequences
+from .data import TokenSequence, load_base_model, load_sequences
 from .methods import Heads, draft_outputs, load_heads, method_of
 from .objective import DraftOutputs, sample_anchors
 from .train import DTYPES
@@ -276,11 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=DTYPES[args.dtype], attn_implementation="sdpa")
+    model = load_base_model(args.model, DTYPES[args.dtype], attn_implementation="sdpa")
     model.eval().requires_grad_(False)
     if torch.cuda.is_available():
         model.to("cuda")
@@ -310,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = run(args)
-    except (DataError, FirpCheckpointError) as e:
+    except (ValueError, OSError) as e:  # bad data, heads, flags, paths or model: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in report.items() if k not in ("tau_tree", "cosine")}, indent=2))

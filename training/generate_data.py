@@ -30,6 +30,7 @@ from .data import (
     Prompt,
     SequenceStore,
     TokenSequence,
+    check_model_path,
     cut_text_prompts,
     encode_prompts,
     read_prompt_records,
@@ -69,6 +70,7 @@ class HFBackend:
             self.model.to("cuda")
         self.settings = settings
         self.max_len = max_model_len or int(self.model.config.max_position_embeddings)
+        self.vocab_size = int(self.model.config.vocab_size)
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         pad = self.model.generation_config.pad_token_id
@@ -112,6 +114,7 @@ class VllmBackend:
         kw = {"max_model_len": max_model_len} if max_model_len else {}
         self.llm = LLM(model=model, dtype=_saved_dtype(model) if dtype == "auto" else dtype, seed=settings.seed, **kw)
         self.max_len = int(self.llm.llm_engine.model_config.max_model_len)
+        self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self.settings = settings
 
     def generate(self, prompts: Sequence[Prompt]) -> list[tuple[list[int], str]]:
@@ -144,6 +147,7 @@ def make_backend(
     name: str, model: str, dtype: str, settings: GenerationSettings, max_model_len: int | None = None
 ) -> HFBackend | VllmBackend:
     """``auto`` = vLLM when it can run here (falling back to HF if it fails to start), else HF."""
+    check_model_path(model)
     if name == "hf":
         return HFBackend(model, dtype, settings, max_model_len)
     reason = vllm_unavailable_reason()
@@ -220,6 +224,10 @@ def generate_data(
         return summary
     t0 = time.perf_counter()
     engine = make_backend(backend, model, dtype, settings, max_model_len)
+    outside = next((p for p in pending if max(p.ids, default=0) >= engine.vocab_size), None)
+    if outside is not None:
+        raise DataError(f"prompt {outside.key!r} has token ids >= the model's vocabulary size {engine.vocab_size}: "
+                        "were its prompt_ids made with another tokenizer?")
     fitted = fit_prompts(pending, engine.max_len, settings.max_new_tokens, long_prompts)
     if not fitted:
         raise DataError("every prompt is longer than the context allows; nothing to generate")
@@ -300,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
     try:
+        check_model_path(args.model)
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
         if args.text_file:
             if tokenizer is None:
                 raise DataError(f"--text-file needs a tokenizer and none was found for {args.model}")
@@ -316,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size, long_prompts=args.long_prompts, max_model_len=args.max_model_len,
             overwrite=args.overwrite, progress=not args.quiet,
         )
-    except DataError as e:
+    except (ValueError, OSError) as e:  # DataError included: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary)

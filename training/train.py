@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from vllm_firp.core import FirpCheckpointError
 from vllm_firp.engine.hf_model import ModelParts
 
 from .checkpoint import (
@@ -35,7 +34,7 @@ from .checkpoint import (
     save_checkpoint,
     save_heads_atomic,
 )
-from .data import DataError, TokenSequence, load_sequences
+from .data import DataError, TokenSequence, load_base_model, load_sequences
 from .methods import METHODS, draft_outputs, new_heads
 from .objective import PairStats, distill_loss, sample_anchors
 
@@ -176,7 +175,6 @@ class DataOrder:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run training as configured by ``args`` (see :func:`build_parser`); returns a summary."""
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
 
     t_start = time.perf_counter()
     rank, world, device = _init_distributed(args.device)
@@ -187,7 +185,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_root = args.checkpoint_dir or args.out.with_name(args.out.name + "-checkpoints")
 
     seqs = [s.window(args.seq_len) for s in load_sequences(args.data, "train", args.holdout_percent)]
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=DTYPES[args.dtype], attn_implementation="sdpa")
+    model = load_base_model(args.model, DTYPES[args.dtype], attn_implementation="sdpa")
     model.to(device).eval().requires_grad_(False)
     parts = ModelParts.of(model)
     _check_data(seqs, model.config)
@@ -317,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = train(args)
-    except (DataError, FirpCheckpointError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # bad data, heads, flags, paths or model: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
