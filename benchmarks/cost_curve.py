@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from vllm_firp.core import step_layout
+from vllm_firp.core import causal_layout
 from vllm_firp.engine.hf_model import ModelParts, commit_rows, forward_rows, new_cache
 
 from .measure import machine_info, pick_threads
@@ -42,10 +42,6 @@ SHAPES = {
                           num_key_value_heads=32, vocab_size=32000),
 }
 ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-
-
-def _causal(n: int):
-    return step_layout(torch.ones(n, n, dtype=torch.bool).tril(), torch.arange(n), torch.empty(0, dtype=torch.long), 0)
 
 
 def synthetic_model(name: str, layers: int, dtype: torch.dtype) -> LlamaForCausalLM:
@@ -68,13 +64,13 @@ class StepTimer:
         ids = torch.randint(0, model.config.vocab_size, (context + max(ROWS),), generator=torch.Generator().manual_seed(0))
         self.ids = ids.to(device)
         with torch.inference_mode():
-            forward_rows(self.parts, self.ids[:context], _causal(context), self.cache)
+            forward_rows(self.parts, self.ids[:context], causal_layout(context), self.cache)
 
     @torch.inference_mode()
     def layers(self, n: int) -> tuple[float, torch.Tensor]:
         ids = self.ids[self.context : self.context + n]
         t0 = time.perf_counter()
-        hidden, _ = forward_rows(self.parts, ids, _causal(n), self.cache)
+        hidden, _ = forward_rows(self.parts, ids, causal_layout(n), self.cache)
         dt = time.perf_counter() - t0
         commit_rows(self.cache, self.context, torch.empty(0, dtype=torch.long))  # back to the context only
         return dt, hidden

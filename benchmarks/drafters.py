@@ -18,15 +18,9 @@ import dataclasses
 
 import torch
 
-from vllm_firp.core import step_layout
+from vllm_firp.core import causal_layout
 from vllm_firp.engine.drafters import DraftContext, Drafter
 from vllm_firp.engine.hf_model import ModelParts, commit_rows, forward_rows, new_cache
-
-
-def _causal_layout(n: int):
-    """n real rows, causal among themselves, no anchors."""
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    return step_layout(causal, torch.arange(n), torch.empty(0, dtype=torch.long), 0)
 
 
 class PromptLookupDrafter:
@@ -74,7 +68,7 @@ class EarlyExitDrafter:
     def _run(self, tokens: list[int]) -> torch.Tensor:
         """Append ``tokens`` to the draft cache; logits of the last one."""
         device = self.parts.embed.weight.device
-        hidden, _ = forward_rows(self.parts, torch.tensor(tokens, device=device), _causal_layout(len(tokens)), self.cache)
+        hidden, _ = forward_rows(self.parts, torch.tensor(tokens, device=device), causal_layout(len(tokens)), self.cache)
         self.draft_forwards += 1
         return self.parts.lm_head(hidden[-1])
 

@@ -17,7 +17,7 @@ from training.medusa import MedusaConfig, MedusaHeads
 from vllm_firp.engine.drafters import DraftContext, NoDrafter
 from vllm_firp.engine.engine import FirpEngine
 
-from .helpers import random_heads, tiny_model
+from .helpers import OracleDrafter, random_heads, tiny_model
 
 PROMPTS = [[5, 17, 3, 88, 42, 9, 5, 17, 3], [1, 2, 3, 4, 1, 2, 3, 4, 1, 2], [60, 7, 33, 100, 12]]
 
@@ -151,8 +151,12 @@ def test_cli_end_to_end(model, tmp_path):
 
 
 def test_calibration_and_ablation_variants(builder, model):
-    probs = calibrate_rank_probs(builder.ar_engine, PromptLookupDrafter(), [PROMPTS[1]], 3, 2, 12)
-    assert len(probs) == 3 and all(len(r) == 2 and 0 <= r[0] <= 1 for r in probs)
+    # An oracle drafter: right at rank 0, except at depth 2 on every 3rd call (rank 1 is then random).
+    truth = builder.ar_engine.generate(PROMPTS[1], 12 + 3).tokens
+    oracle = OracleDrafter(truth, vocab=model.config.vocab_size, miss_every=3, miss_depth=2)
+    probs = calibrate_rank_probs(builder.ar_engine, oracle, [PROMPTS[1]], 3, 2, 12)
+    assert probs[0] == [1.0, 0.0] and probs[2] == [1.0, 0.0]
+    assert 0.5 <= probs[1][0] < 1.0 and probs[1][1] <= 0.2  # the misses are seen, at depth 2 only
     assert ablation_variants("inject-layer", 4, 3, []) == [("t=1", {"inject_layer": 1}), ("t=2", {"inject_layer": 2}),
                                                           ("t=3", {}), ("t=1,2,3", {"inject_layer": (1, 2, 3)})]
     assert [o for _, o in ablation_variants("K", 4, 3, [])] == [{"num_future_tokens": 1}, {"num_future_tokens": 2},
@@ -160,5 +164,9 @@ def test_calibration_and_ablation_variants(builder, model):
 
 
 def test_cost_curve_points(model):
-    points = curve(StepTimer(model, context=16), rows=(1, 4), repeats=1, depth_factor=1.0)
-    assert points[1]["relative"] == 1.0 and points[4]["full_s"] > 0
+    timer = StepTimer(model, context=16)
+    assert timer.layers(4)[1].shape[0] == 4 and timer.cache.get_seq_length() == 16  # 4 rows timed, cache restored
+    points = curve(timer, rows=(1, 4), repeats=1, depth_factor=2.0)  # full depth = twice the layers built
+    for p in points.values():
+        assert p["layers_s"] > 0 and p["full_s"] == pytest.approx(2 * p["layers_s"] + p["head_s"])
+    assert points[4]["relative"] == pytest.approx(points[4]["full_s"] / points[1]["full_s"])

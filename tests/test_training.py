@@ -207,9 +207,13 @@ def test_heads_options_reach_the_checkpoint(workdir: Path) -> None:
 
 @pytest.mark.parametrize("module", [generate_data, train, ev])
 def test_cli_help(module, capsys) -> None:
+    """Every flag is explained: each option has help text, and --help prints every option."""
+    options = [a for a in module.build_parser()._actions if a.option_strings]
+    assert len(options) > 5 and not [a.option_strings for a in options if not (a.help or "").strip()]
     with pytest.raises(SystemExit) as e:
         module.main(["--help"])
-    assert e.value.code == 0 and "--" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(a.option_strings[-1] in out for a in options)
 
 
 @pytest.mark.slow

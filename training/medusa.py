@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vllm_firp.core import FirpCheckpointError, step_layout
+from vllm_firp.core import FirpCheckpointError, causal_layout
 from vllm_firp.core.heads import DTYPES, load_checked_weights, save_weights
 from vllm_firp.engine.drafters import DraftContext
 from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
@@ -125,8 +125,7 @@ class MedusaHeads(nn.Module):
 def medusa_outputs(parts: ModelParts, heads: MedusaHeads, ids: torch.Tensor, anchors: torch.Tensor) -> DraftOutputs:
     """Teacher pass without pseudo rows (no grad), then the heads on the anchors' final states."""
     T = ids.shape[0]
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    layout = step_layout(causal, torch.arange(T), torch.empty(0, dtype=torch.long), 0)
+    layout = causal_layout(T)
     with torch.no_grad():
         hidden, _ = forward_rows(parts, ids, layout, new_cache())
         teacher = parts.lm_head(hidden).float()

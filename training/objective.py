@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vllm_firp.core import FirpHeads, step_layout
+from vllm_firp.core import FirpHeads, causal_layout
 from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
 
 
@@ -64,8 +64,7 @@ def firp_outputs(
 ) -> DraftOutputs:
     """Teacher + FIRP student in one pass; pseudo rows are k-major, so the drafts are a [K, A] view."""
     T, K = ids.shape[0], heads.K
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    layout = step_layout(causal, torch.arange(T), anchors.cpu(), K, heads.config.pseudo_attend_each_other)
+    layout = causal_layout(T, anchors, K, heads.config.pseudo_attend_each_other)
     hidden, captured = forward_rows(parts, ids, layout, new_cache(), heads, capture_layers)
     with torch.no_grad():
         teacher = parts.lm_head(hidden[:T].detach()).float()

@@ -2,7 +2,7 @@
 
 from .config import FirpCheckpointError, FirpConfig, default_inject_layer
 from .heads import FirpHeads
-from .layout import StepLayout, prefill_layout, step_layout, tree_layout
+from .layout import StepLayout, causal_layout, prefill_layout, step_layout, tree_layout
 from .tree import (
     DraftTree,
     budget_tree,
@@ -26,6 +26,7 @@ __all__ = [
     "Verdict",
     "budget_tree",
     "build_tree",
+    "causal_layout",
     "chain_tree",
     "default_inject_layer",
     "end_probabilities",

@@ -83,8 +83,15 @@ def tree_layout(tree: DraftTree, K: int, pseudo_attend_each_other: bool = True) 
     return step_layout(tree.ancestor_mask, tree.depths, anchors, K, pseudo_attend_each_other)
 
 
+def causal_layout(
+    num_tokens: int, anchors: torch.Tensor | None = None, K: int = 0, pseudo_attend_each_other: bool = True
+) -> StepLayout:
+    """Causal rows (a prompt, a training window) with optional anchors; none = plain causal decoding."""
+    causal = torch.ones(num_tokens, num_tokens, dtype=torch.bool).tril()
+    anchors = torch.empty(0, dtype=torch.long) if anchors is None else anchors.cpu()
+    return step_layout(causal, torch.arange(num_tokens), anchors, K if anchors.numel() else 0, pseudo_attend_each_other)
+
+
 def prefill_layout(num_tokens: int, K: int, pseudo_attend_each_other: bool = True) -> StepLayout:
     """Prefill: causal prompt rows; the last prompt token is the only anchor."""
-    causal = torch.ones(num_tokens, num_tokens, dtype=torch.bool).tril()
-    anchors = torch.tensor([num_tokens - 1])
-    return step_layout(causal, torch.arange(num_tokens), anchors, K, pseudo_attend_each_other)
+    return causal_layout(num_tokens, torch.tensor([num_tokens - 1]), K, pseudo_attend_each_other)
