@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -168,6 +169,7 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"vLLM {meta['vllm']}, {meta['device']}, dtype {meta['dtype']}, {meta['max_tokens']} output tokens per "
         f"request, K={meta['num_spec_tokens']}, medians over {meta['repeats']} prompt sets; FIRP heads "
         f"{meta['heads']}.", "",
+        f"commit `{meta.get('commit', '?')}`, {meta.get('date', '')}; command: `{meta.get('command', '')}`", "",
         "| method | batch | output tok/s | speedup vs none | TPOT (ms) | mean acceptance length |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -222,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     resolve_models(args)
     from benchmarks.reference_model import write_heldout_prompts
 
+    from .measure import machine_info
+
+    info = machine_info()  # commit and uncommitted code at the start of the run
     prompts_file = args.out / "prompts.jsonl"
     write_heldout_prompts(prompts_file, max(args.batch_sizes) * args.repeats, args.prompt_tokens, Path(args.model))
     rows = [r for m in args.methods for r in run_method(m, args, prompts_file)]
@@ -230,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import vllm
 
-    meta = {"model": args.model, "heads": args.heads, "vllm": vllm.__version__, "dtype": args.dtype,
+    meta = {"commit": info["commit"], "dirty_files": info["dirty_files"], "date": info["date"],
+            "command": "python -m benchmarks.vllm_throughput " + shlex.join(sys.argv[1:]),
+            "model": args.model, "heads": args.heads, "vllm": vllm.__version__, "dtype": args.dtype,
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             "max_tokens": args.max_tokens, "num_spec_tokens": args.num_spec_tokens, "repeats": args.repeats,
             "load_avg_1m": {m: next(r["load_avg_1m"] for r in rows if r["method"] == m) for m in args.methods},

@@ -1,0 +1,46 @@
+"""`benchmarks.vllm_throughput` end to end on the real vLLM engine (tiny settings): files, figures, losslessness."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' or the CPU build)")
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+from benchmarks import vllm_throughput  # noqa: E402
+from vllm_firp.vllm_plugin.devmodels import dev_models  # noqa: E402
+
+
+def test_summary_pairs_speedups_per_batch_size():
+    rows = [
+        {"method": m, "batch_size": b, "tokens_per_s": tps, "tpot_ms": 1000 / tps, "acceptance_length": acc}
+        for m, b, tps, acc in [("none", 1, 10.0, None), ("none", 1, 30.0, None), ("none", 4, 40.0, None),
+                               ("firp", 1, 25.0, 2.0), ("firp", 1, 35.0, 3.0), ("firp", 4, 20.0, 1.5)]
+    ]
+    summary = {(s["method"], s["batch_size"]): s for s in vllm_throughput.summarize(rows)}
+    assert summary["none", 1]["tokens_per_s"] == 20.0 and summary["none", 1]["acceptance_length"] is None
+    assert summary["firp", 1]["speedup"] == pytest.approx(30.0 / 20.0)
+    assert summary["firp", 1]["acceptance_length"] == 2.5
+    assert summary["firp", 4]["speedup"] == pytest.approx(0.5)
+
+
+def test_three_methods_in_one_run(tmp_path):
+    models = dev_models()
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--model", models.model, "--heads", models.heads, "--batch-sizes", "1,2",
+            "--repeats", "1", "--max-tokens", "12", "--prompt-tokens", "32", "--max-model-len", "256",
+            "--dtype", "float32", "--kv-cache-gib", "1", "--timeout", "600"]
+    assert vllm_throughput.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["same_text_as_none"] == {"ngram": True, "firp": True}  # greedy: lossless
+    assert res["meta"]["commit"] and res["meta"]["command"].startswith("python -m benchmarks.vllm_throughput")
+    summary = {(s["method"], s["batch_size"]): s for s in res["summary"]}
+    assert set(summary) == {(m, b) for m in ("none", "ngram", "firp") for b in (1, 2)}
+    for (method, _), s in summary.items():
+        assert s["tokens_per_s"] > 0 and (s["acceptance_length"] is None) == (method == "none")
+        assert s["acceptance_length"] is None or 1.0 <= s["acceptance_length"] <= 4.0  # K=3: at most 3 + 1
+    assert all(r["output_tokens"] == 12 * r["batch_size"] for r in res["raw"])
+    assert "| firp | 2 |" in (out / "results.md").read_text()
+    assert (out / "throughput.png").read_bytes()[:4] == b"\x89PNG"
