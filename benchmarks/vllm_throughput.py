@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-spec-tokens", type=int, help="draft length for ngram and FIRP (default: the heads' K)")
     p.add_argument("--ngram-min", type=int, default=2, help="ngram prompt_lookup_min (default: 2)")
     p.add_argument("--ngram-max", type=int, default=4, help="ngram prompt_lookup_max (default: 4)")
+    p.add_argument("--k-schedule", type=json.loads, metavar="JSON",
+                   help="vLLM's num_speculative_tokens_per_batch_size for ngram and FIRP, e.g. '[[1,4,3],[5,1024,0]]' "
+                   "(inclusive batch-size ranges -> K; K=0 turns drafting off there)")
     p.add_argument("--dtype", default="auto", help="model dtype passed to vLLM (default: auto; bf16 on CPU)")
     p.add_argument("--max-model-len", type=int, default=1024, help="vLLM max_model_len (default: 1024)")
     p.add_argument("--compile", action="store_true", help="allow torch.compile (default: enforce_eager)")
@@ -59,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 def spec_config(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if method == "none":
         return None
+    schedule = {"num_speculative_tokens_per_batch_size": [tuple(r) for r in args.k_schedule]} if args.k_schedule else {}
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": args.num_spec_tokens,
-                "prompt_lookup_min": args.ngram_min, "prompt_lookup_max": args.ngram_max}
-    return {"method": "firp", "model": args.heads, "num_speculative_tokens": args.num_spec_tokens}
+                "prompt_lookup_min": args.ngram_min, "prompt_lookup_max": args.ngram_max, **schedule}
+    return {"method": "firp", "model": args.heads, "num_speculative_tokens": args.num_spec_tokens, **schedule}
 
 
 def _spec_counters(llm: Any) -> tuple[float, float]:
@@ -132,6 +136,7 @@ def run_method(method: str, args: argparse.Namespace, prompts_file: Path) -> lis
            "--max-model-len", str(args.max_model_len), "--methods", method]
     cmd += ["--heads", args.heads] if args.heads else []
     cmd += ["--compile"] if args.compile else []
+    cmd += ["--k-schedule", json.dumps(args.k_schedule)] if args.k_schedule else []
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
     log = args.out / f"{method}.log"
     print(f"[vllm_throughput] {method}: running (log {log})", file=sys.stderr, flush=True)
@@ -167,7 +172,9 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"# vLLM throughput: {meta['model']}", "",
         f"vLLM {meta['vllm']}, {meta['device']}, dtype {meta['dtype']}, {meta['max_tokens']} output tokens per "
-        f"request, K={meta['num_spec_tokens']}, medians over {meta['repeats']} prompt sets; FIRP heads "
+        f"request, K={meta['num_spec_tokens']}"
+        + (f" (per batch size: {meta['k_schedule']})" if meta.get("k_schedule") else "")
+        + f", medians over {meta['repeats']} prompt sets; FIRP heads "
         f"{meta['heads']}.", "",
         f"commit `{meta.get('commit', '?')}`, {meta.get('date', '')}; command: `{meta.get('command', '')}`", "",
         "| method | batch | output tok/s | speedup vs none | TPOT (ms) | mean acceptance length |",
@@ -240,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model, "heads": args.heads, "vllm": vllm.__version__, "dtype": args.dtype,
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             "max_tokens": args.max_tokens, "num_spec_tokens": args.num_spec_tokens, "repeats": args.repeats,
+            "k_schedule": args.k_schedule,
             "load_avg_1m": {m: next(r["load_avg_1m"] for r in rows if r["method"] == m) for m in args.methods},
             "same_text_as_none": {m: texts[m] == texts["none"] for m in texts if m != "none" and "none" in texts}}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "raw": rows}, indent=1))

@@ -159,7 +159,8 @@ class FirpDrafter:
         cm = common_attn_metadata
         num_reqs = len(sampled_token_ids)
         drafts: list[list[int]] = [[] for _ in range(num_reqs)]
-        k = min(scheduler_output.num_spec_tokens_to_schedule or self.num_spec_tokens, self.num_spec_tokens)
+        # The scheduler's K for this batch size (num_speculative_tokens_per_batch_size; 0 = no drafts), as ngram.
+        k = min(scheduler_output.num_spec_tokens_to_schedule, self.num_spec_tokens)
         if aux_hidden_states is None:
             raise RuntimeError("FIRP needs the runner's aux hidden states (use_aux_hidden_state_outputs)")
         n = spec_decode_metadata.num_draft_tokens if spec_decode_metadata is not None else [0] * num_reqs
