@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def spec_config(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if method == "none":
         return None
-    schedule = {"num_speculative_tokens_per_batch_size": [tuple(r) for r in args.k_schedule]} if args.k_schedule else {}
+    schedule = {"num_speculative_tokens_per_batch_size": args.k_schedule} if args.k_schedule else {}
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": args.num_spec_tokens,
                 "prompt_lookup_min": args.ngram_min, "prompt_lookup_max": args.ngram_max, **schedule}

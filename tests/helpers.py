@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 from transformers import (
     LlamaConfig,
@@ -80,3 +82,21 @@ class OracleDrafter:
                 cands[d, 0] = (tok + 1) % self.vocab
             cands[d, 1:] = torch.where(cands[d, 1:] == cands[d, 0], (cands[d, 1:] + 1) % self.vocab, cands[d, 1:])
         return cands
+
+
+def shutdown_engine(llm) -> None:
+    """Stop an in-process vLLM engine and free its distributed state, so the next test can start one."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    llm.llm_engine.engine_core.shutdown()
+    gc.collect()
+    cleanup_dist_env_and_memory()
+
+
+def engine_metrics(llm) -> dict[str, float]:
+    """vLLM's spec-decode, preemption and prefix-cache counters (``disable_log_stats=False``)."""
+    out = {}
+    for m in llm.get_metrics():
+        if m.name.startswith(("vllm:spec_decode", "vllm:num_preemptions", "vllm:prefix_cache")):
+            out[m.name] = getattr(m, "value", None) if hasattr(m, "value") else list(m.values)
+    return out

@@ -6,7 +6,6 @@ FIRP off there. Its own in-process engine (the module runs after, never beside, 
 
 from __future__ import annotations
 
-import gc
 import os
 
 import pytest
@@ -14,17 +13,17 @@ import pytest
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' or the CPU build)")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
+from tests.helpers import engine_metrics, shutdown_engine  # noqa: E402
 from vllm_firp.vllm_plugin.devmodels import code_prompts, dev_models  # noqa: E402
 
 
 def _spec_counts(llm) -> tuple[float, float]:
-    values = {m.name: getattr(m, "value", 0.0) for m in llm.get_metrics()}
-    return values.get("vllm:spec_decode_num_draft_tokens", 0.0), values.get("vllm:spec_decode_num_accepted_tokens", 0.0)
+    m = engine_metrics(llm)
+    return m.get("vllm:spec_decode_num_draft_tokens", 0.0), m.get("vllm:spec_decode_num_accepted_tokens", 0.0)
 
 
 def test_schedule_sets_k_per_batch_size():
     from vllm import LLM, SamplingParams
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -41,10 +40,7 @@ def test_schedule_sets_k_per_batch_size():
         batch = llm.generate(prompts, params, use_tqdm=False)
         after_eight = _spec_counts(llm)
     finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-        cleanup_dist_env_and_memory()
+        shutdown_engine(llm)
     assert after_one[0] > before[0] and after_one[1] > before[1], "batch 1 (K=3) drafts nothing"
     assert after_eight == after_one, "batch 8 is scheduled K=0 but FIRP still drafted"
     assert list(alone[0].outputs[0].token_ids) == list(batch[0].outputs[0].token_ids)  # greedy, either way

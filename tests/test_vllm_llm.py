@@ -9,7 +9,6 @@ prefixes) all happen; requests end inside drafts through EOS, stop strings, stop
 
 from __future__ import annotations
 
-import gc
 import os
 
 import pytest
@@ -19,6 +18,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 import torch  # noqa: E402
 
+from tests.helpers import engine_metrics, shutdown_engine  # noqa: E402
 from vllm_firp.vllm_plugin.devmodels import code_prompts, dev_models  # noqa: E402
 
 MAX_LEN = 384
@@ -72,28 +72,11 @@ def make_llm(models, spec):
     return LLM(model=models.model, speculative_config=spec, **ENGINE)
 
 
-def shutdown(llm) -> None:
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-    cleanup_dist_env_and_memory()
-
-
-def metrics(llm) -> dict[str, float]:
-    out = {}
-    for m in llm.get_metrics():
-        if m.name.startswith(("vllm:spec_decode", "vllm:num_preemptions", "vllm:prefix_cache")):
-            out[m.name] = getattr(m, "value", None) if hasattr(m, "value") else list(m.values)
-    return out
-
-
 def run_workloads(llm, workload):
     from vllm import SamplingParams
 
     greedy = llm.generate(workload["prompts"], workload["params"], use_tqdm=False)
-    after_greedy = metrics(llm)
+    after_greedy = engine_metrics(llm)
     near = llm.generate(workload["near_max"], SamplingParams(temperature=0.0, max_tokens=40), use_tqdm=False)
     seeded = SamplingParams(temperature=1.0, seed=7, max_tokens=24, ignore_eos=True)
     alone = llm.generate([workload["chunked"]], seeded, use_tqdm=False)
@@ -108,7 +91,7 @@ def baseline(models, workload):
     try:
         return run_workloads(llm, workload)
     finally:
-        shutdown(llm)
+        shutdown_engine(llm)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +114,7 @@ def firp(models, workload, baseline):
         results = run_workloads(llm, workload)
         yield {"llm": llm, "records": records, **results}
     finally:
-        shutdown(llm)
+        shutdown_engine(llm)
 
 
 def _summary(o):
@@ -216,9 +199,9 @@ def test_acceptance_matches_the_reference_engine(firp, workload, models):
     from vllm_firp.engine.engine import FirpEngine
 
     llm, prompts = firp["llm"], workload["prompts"][:8]
-    before = metrics(llm)
+    before = engine_metrics(llm)
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=48), use_tqdm=False)
-    after = metrics(llm)
+    after = engine_metrics(llm)
     drafts = after["vllm:spec_decode_num_drafts"] - before["vllm:spec_decode_num_drafts"]
     accepted = after["vllm:spec_decode_num_accepted_tokens"] - before["vllm:spec_decode_num_accepted_tokens"]
     engine = FirpEngine.from_pretrained(models.model, models.heads)
@@ -245,13 +228,13 @@ def test_seeded_sampling(firp, workload):
     prompts = [p.splitlines()[0][:40] for p in workload["prompts"][:8]]
     params = [SamplingParams(temperature=0.8, top_p=0.95, seed=100 + i, max_tokens=24 + i, ignore_eos=True)
               for i in range(len(prompts))]
-    before = metrics(llm)["vllm:spec_decode_num_accepted_tokens"]
+    before = engine_metrics(llm)["vllm:spec_decode_num_accepted_tokens"]
     outs = llm.generate(prompts, params, use_tqdm=False)
     vocab = llm.llm_engine.model_config.get_vocab_size()
     for i, o in enumerate(outs):
         assert len(o.outputs[0].token_ids) == 24 + i and o.outputs[0].finish_reason == "length"
         assert all(0 <= t < vocab for t in o.outputs[0].token_ids)
-    assert metrics(llm)["vllm:spec_decode_num_accepted_tokens"] > before
+    assert engine_metrics(llm)["vllm:spec_decode_num_accepted_tokens"] > before
 
 
 def test_seeded_requests_prefilled_in_chunks(baseline, firp):
@@ -279,11 +262,11 @@ def test_sampling_keeps_the_target_distribution(firp, workload, models):
     temperature, repeats, new = 0.7, 8, 16
     llm = firp["llm"]
     prompts = [p.splitlines()[0][:40] for p in workload["prompts"][:8]] * repeats
-    before = metrics(llm)
+    before = engine_metrics(llm)
     outs = llm.generate(
         prompts, SamplingParams(temperature=temperature, max_tokens=new, ignore_eos=True), use_tqdm=False
     )
-    after = metrics(llm)
+    after = engine_metrics(llm)
     hf = AutoModelForCausalLM.from_pretrained(models.model, dtype=torch.float32).eval()
     excess, variance = 0.0, 0.0
     with torch.no_grad():

@@ -275,7 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_base_model(args.model, DTYPES[args.dtype], attn_implementation="sdpa")
