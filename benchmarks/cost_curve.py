@@ -10,7 +10,8 @@ with ``--context`` tokens already in the K/V cache, the n new rows causal among 
 final norm + LM head applied to all n rows (what verification of an n-node tree needs).
 
 - Reference models (``micro``, ``small``): the whole trained model, as the benchmark runs it.
-- ``llama-1b-like`` / ``llama-7b-like``: random bf16 weights with the shapes of Llama-3.2-1B
+- ``llama-1b-like`` / ``llama-7b-like``: random weights (bf16 where the CPU has native bf16, else fp32;
+  ``--dtype``) with the shapes of Llama-3.2-1B
   (d 2048, 16 layers, GQA 32/8, MLP 8192, vocab 128256) and Llama-2-7B (d 4096, 32 layers, MHA 32,
   MLP 11008, vocab 32000). Only ``--layers`` decoder layers are built; the full-depth cost is
   composed from measurements: ``(t_layers(n) / layers) * L + t_head(n)``, where ``t_layers`` is the
@@ -31,9 +32,10 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from vllm_firp.core import causal_layout
+from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype, resolve_dtype
 from vllm_firp.engine.hf_model import ModelParts, commit_rows, forward_rows, new_cache
 
-from .measure import machine_info, pick_threads
+from .measure import machine_info, machine_line, pick_threads
 
 SHAPES = {
     "llama-1b-like": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -103,19 +105,20 @@ def curve(timer: StepTimer, rows: Sequence[int], repeats: int, depth_factor: flo
 
 
 def measure_model(name: str, args: argparse.Namespace) -> dict:
-    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.synthetic_dtype]
     if name in SHAPES:
+        dtype = resolve_dtype(args.dtype)
         model = synthetic_model(name, args.layers, dtype)
         full_layers = SHAPES[name]["num_hidden_layers"]
-        what = (f"random {args.synthetic_dtype} weights, {args.layers} of {full_layers} layers built; "
+        what = (f"random {dtype_name(dtype)} weights, {args.layers} of {full_layers} layers built; "
                 f"full depth composed as layers*{full_layers / args.layers:g} + head")
     else:
         from benchmarks.reference_model import ensure_reference_model
 
-        model = AutoModelForCausalLM.from_pretrained(str(ensure_reference_model(name, progress=False)),
-                                                     dtype=torch.float32, attn_implementation="sdpa").eval()
+        model_dir = ensure_reference_model(name, progress=False)
+        dtype = model_dtype(model_dir, args.dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa").eval()
         full_layers = model.config.num_hidden_layers
-        what = "trained reference model, float32, all layers"
+        what = f"trained reference model, {dtype_name(dtype)}, all layers"
     depth_factor = full_layers / model.config.num_hidden_layers
     timer = StepTimer(model, args.context)
     specs = _thread_spec(args.threads)
@@ -132,7 +135,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
     reps = args.repeats if name not in SHAPES else max(3, args.repeats // 2)
     points = curve(timer, args.rows, reps, depth_factor)
     cfg = model.config
-    return {"model": name, "what": what, "hidden_size": cfg.hidden_size, "layers_full": full_layers,
+    return {"model": name, "what": what, "dtype": dtype_name(dtype), "hidden_size": cfg.hidden_size, "layers_full": full_layers,
             "layers_built": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size, "context": args.context,
             "repeats": reps, **threads, "points": {str(n): {k: round(v, 6) for k, v in p.items()} for n, p in points.items()}}
 
@@ -147,7 +150,7 @@ def to_markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [
         "# Step cost vs new rows (relative to 1 row)", "",
-        f"commit `{meta['commit']}`, {meta['date']}; {meta['cpu']} ({meta['cpu_count']} cores), torch {meta['torch']}; "
+        f"commit `{meta['commit']}`, {meta['date']}; {machine_line(meta)}; "
         f"load average {meta['loadavg']} at start, {meta.get('loadavg_end')} at end. Context {results['context']} "
         "tokens in the cache; the LM head runs on every new row; medians of interleaved repeats.", "",
         "| model | threads | 1-row step | " + " | ".join(f"{n} rows" for n in rows) + " |",
@@ -182,7 +185,7 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cost_curve", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output directory (cost_curve.json/.md/.png)")
@@ -192,13 +195,18 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
                    help="new-row counts to time (the first is the baseline)")
     p.add_argument("--context", type=int, default=256, help="tokens already in the K/V cache")
     p.add_argument("--layers", type=int, default=2, help="decoder layers built for the synthetic shapes")
-    p.add_argument("--synthetic-dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                   help="weight dtype of the synthetic shapes")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="compute dtype; auto (default) = bf16 for the synthetic shapes and the checkpoint's dtype for "
+                   "reference models where this CPU computes it natively, else float32")
     p.add_argument("--repeats", type=int, default=31, help="timed repeats per row count (synthetic shapes: half, >= 3)")
     p.add_argument("--threads", default="micro=1,small=1,auto",
                    help="torch threads: N, 'auto' (fastest of 1 and 2 on a probe, per model) or per model, "
                    "e.g. 'micro=1,auto'; the default matches what benchmarks.run picks for the reference models")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     log = log or (lambda s: print(f"[cost_curve] {s}", file=sys.stderr, flush=True))
     results = {"meta": machine_info(), "rows": args.rows, "context": args.context, "models": [],
                "command": "python -m benchmarks.cost_curve " + " ".join(argv if argv is not None else sys.argv[1:])}

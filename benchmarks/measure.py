@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from vllm_firp.core import DraftTree, chain_tree
+from vllm_firp.core.precision import cpu_info
 from vllm_firp.engine.drafters import Drafter, NoDrafter
 from vllm_firp.engine.engine import FirpEngine, Generation
 
@@ -208,21 +209,26 @@ def machine_info() -> dict:
         except (OSError, subprocess.CalledProcessError):
             return "unknown"
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_info()
     return {
         "commit": git("rev-parse", "--short", "HEAD").strip(),
         # uncommitted changes under benchmarks/ and the code the benchmark runs (porcelain: "XY path")
         "dirty_files": [line[3:] for line in git("status", "--porcelain").splitlines()
                         if line[3:].startswith(("benchmarks", "vllm_firp", "training"))],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu": cpu,
+        "cpu": cpu.model,
+        "cpu_capability": cpu.capability,
+        "cpu_native_bf16": torch.bfloat16 in cpu.native(),
         "cpu_count": os.cpu_count(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def machine_line(meta: dict) -> str:
+    """Where a figure came from, for a report's header: CPU, its capability and bf16 support, threads."""
+    bf16 = {True: "native bf16", False: "no native bf16"}.get(meta.get("cpu_native_bf16"), "bf16 support unknown")
+    return (f"{meta['cpu']} ({meta['cpu_count']} cores, capability {meta.get('cpu_capability', 'unknown')}, {bf16}), "
+            f"torch {meta['torch']} with {meta['torch_threads']} thread(s)")

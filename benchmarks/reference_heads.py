@@ -27,7 +27,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reference_model import default_cache_dir, file_lock
+from benchmarks.reference_model import default_cache_dir, file_lock, run_dtype
+from vllm_firp.core.precision import dtype_name
 
 CODE_VERSION = "1"
 
@@ -96,7 +97,7 @@ def reference_heads_dir(size: str = "micro", method: str = "firp", cache_dir: st
         raise ValueError(f"method must be 'firp' or 'medusa', not {method!r}")
     recipe = _recipe(size, overrides)
     key = {"recipe": dataclasses.asdict(recipe), "method": method, "code_version": CODE_VERSION,
-           "model": reference_model_dir(size, _cache_root(cache_dir)).name}
+           "model": reference_model_dir(size, _cache_root(cache_dir)).name, "model_dtype": dtype_name(run_dtype(size))}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return _cache_root(cache_dir) / "heads" / f"{size}-{method}-{digest}"
 
@@ -167,7 +168,8 @@ def reference_data_dir(size: str, recipe: HeadsRecipe, cache_dir: str | Path | N
     from benchmarks.reference_model import reference_model_dir
 
     key = {f: getattr(recipe, f) for f in DATA_FIELDS}
-    key.update(code_version=CODE_VERSION, model=reference_model_dir(size, _cache_root(cache_dir)).name)
+    key.update(code_version=CODE_VERSION, model=reference_model_dir(size, _cache_root(cache_dir)).name,
+               model_dtype=dtype_name(run_dtype(size)))
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return _cache_root(cache_dir) / "heads" / "data" / f"{size}-{digest}"
 

@@ -16,9 +16,7 @@ CLI: ``python -m benchmarks.reference_model {build,prompts,path,files} --help``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -28,13 +26,17 @@ import shutil
 import signal
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from vllm_firp.cache import atomic_build, default_cache_dir, file_lock
+from vllm_firp.core.precision import cpu_info, dtype_name, resolve_dtype
+
+__all__ = ["default_cache_dir", "file_lock"]  # re-exported for the heads builder
 
 # Bump when a change here changes the built model (it is part of the cache key).
 CODE_VERSION = "1"
@@ -69,7 +71,9 @@ class ReferencePreset:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    train_bf16: bool = True  # bf16 autocast for the matmuls; master weights stay fp32
+    # Compute dtype of the matmuls ("auto": bf16 autocast where the CPU has native bf16, else fp32; see
+    # vllm_firp.core.precision). Master weights stay fp32. The resolved dtype is part of the cache key.
+    train_dtype: str = "auto"
     save_dtype: str = "float32"  # "float32" or "bfloat16"
     max_train_files: int | None = None  # None: every training file (tests use a few)
     val_chunks: int = 64  # held-out chunks of seq_len tokens for the final validation loss
@@ -85,6 +89,7 @@ class ReferencePreset:
         assert self.head_dim in VLLM_CPU_HEAD_SIZES, f"head_dim {self.head_dim} unsupported by vLLM CPU"
         assert self.seq_len <= self.max_position_embeddings, "seq_len exceeds max_position_embeddings"
         assert self.save_dtype in ("float32", "bfloat16"), f"bad save_dtype {self.save_dtype}"
+        assert self.train_dtype in ("auto", "float32", "bfloat16"), f"bad train_dtype {self.train_dtype}"
         assert self.vocab_size > 257, "vocab must hold the 256 byte symbols plus the special token"
         assert 0 <= self.warmup_steps < self.steps
 
@@ -150,9 +155,20 @@ def corpus_digest() -> str:
     return h.hexdigest()
 
 
+def train_dtype(preset: ReferencePreset) -> torch.dtype:
+    """The dtype the matmuls of this build run in on this machine (it changes the weights)."""
+    return resolve_dtype(preset.train_dtype)
+
+
+def run_dtype(size: str | ReferencePreset) -> torch.dtype:
+    """The dtype the saved model computes in on this machine (data generation, heads training, benchmarks)."""
+    preset = size if isinstance(size, ReferencePreset) else _preset(size)
+    return resolve_dtype(saved=preset.save_dtype)
+
+
 def _recipe_key(preset: ReferencePreset) -> str:
     recipe = {
-        "preset": dataclasses.asdict(preset),
+        "preset": {**dataclasses.asdict(preset), "train_dtype": dtype_name(train_dtype(preset))},
         "code_version": CODE_VERSION,
         "corpus": corpus_digest(),
         "excluded": sorted(EXCLUDED_DIRS),
@@ -257,14 +273,13 @@ def _batches(stream: torch.Tensor, preset: ReferencePreset) -> Iterator[torch.Te
 
 
 @torch.no_grad()
-def _eval_loss(model, stream: torch.Tensor, seq_len: int, max_chunks: int, bf16: bool) -> tuple[float, int]:
+def _eval_loss(model, stream: torch.Tensor, seq_len: int, max_chunks: int) -> tuple[float, int]:
     """Mean next-token loss (nats) over up to max_chunks held-out chunks; returns (loss, tokens)."""
     chunks = stream.unfold(0, seq_len, seq_len)[:max_chunks]
     model.eval()
     total, count = 0.0, 0
     for batch in chunks.split(8):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=batch).logits.float()
+        logits = model(input_ids=batch).logits.float()
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
         )
@@ -320,6 +335,7 @@ def build_reference_model(
         model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=preset.weight_decay
     )
     model.train()
+    autocast_bf16 = train_dtype(preset) == torch.bfloat16
     batches = _batches(train_stream, preset)
     bar = tqdm(range(preset.steps), desc=f"train {preset.name}", disable=not progress, file=sys.stderr)
     t_train = time.time()
@@ -328,7 +344,7 @@ def build_reference_model(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, preset)
         batch = next(batches)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=preset.train_bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
             loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
@@ -340,9 +356,10 @@ def build_reference_model(
 
     model = model.to(getattr(torch, preset.save_dtype))
     model.config.dtype = preset.save_dtype
-    val_loss, val_tokens = _eval_loss(
-        model, val_stream, preset.seq_len, preset.val_chunks, bf16=preset.save_dtype == "bfloat16"
-    )
+    # The saved weights, computed in the dtype this CPU runs them in (a bf16 save is upcast without bf16).
+    eval_dtype = resolve_dtype(saved=preset.save_dtype)
+    val_loss, val_tokens = _eval_loss(model.to(eval_dtype), val_stream, preset.seq_len, preset.val_chunks)
+    model = model.to(getattr(torch, preset.save_dtype))
     model.generation_config.bos_token_id = eos_id
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = eos_id
@@ -359,6 +376,9 @@ def build_reference_model(
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "train_dtype": dtype_name(train_dtype(preset)),
+        "eval_dtype": dtype_name(eval_dtype),
+        "cpu": cpu_info().to_dict(),
         "num_parameters": n_params,
         "train_files": len(train_files),
         "heldout_files": len(stdlib_files("heldout")),
@@ -387,10 +407,6 @@ def build_reference_model(
 # ---------------------------------------------------------------------------------------- cache
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("VLLM_FIRP_CACHE", Path.home() / ".cache" / "vllm-firp"))
-
-
 def reference_model_dir(size: str | ReferencePreset, cache_dir: Path | None = None) -> Path:
     """Where the model for `size` lives (or will live) in the cache; builds nothing."""
     preset = size if isinstance(size, ReferencePreset) else _preset(size)
@@ -409,31 +425,12 @@ def _is_complete(path: Path) -> bool:
     return all((path / name).is_file() for name in needed)
 
 
-@contextlib.contextmanager
-def file_lock(lock_path: Path) -> Iterator[None]:
-    """Serialise builds of one cache entry across processes (a second caller waits, then reuses it)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_atomic(final: Path, preset: ReferencePreset, **kwargs) -> Path:
     """Build into a temp sibling of `final` and rename it into place, so no half model is visible."""
     final = Path(final)
     if final.exists():
         raise FileExistsError(f"{final} already exists")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        build_reference_model(tmp / "model", preset, **kwargs)
-        os.rename(tmp / "model", final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return atomic_build(final, lambda out: build_reference_model(out, preset, **kwargs))
 
 
 def ensure_reference_model(

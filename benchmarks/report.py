@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .measure import machine_line  # noqa: E402
+
 TREE_FAMILIES = ("firp-tree", "firp-tree-sparse", "medusa")
 
 
@@ -49,9 +51,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     parts = [
         f"# {results.get('title', 'Benchmark')}",
         "",
-        f"commit `{meta['commit']}`, {meta['date']}; {meta['cpu']} ({meta['cpu_count']} cores), "
-        f"torch {meta['torch']} with {meta['torch_threads']} thread(s); load average at start "
-        f"{meta['loadavg']}, at end {meta.get('loadavg_end')}.",
+        f"commit `{meta['commit']}`, {meta['date']}; {machine_line(meta)}; dtype {s.get('dtype', 'unknown')}; "
+        f"load average at start {meta['loadavg']}, at end {meta.get('loadavg_end')}.",
         "",
         f"{s['num_prompts']} prompts, {s['max_new_tokens']} new tokens each, greedy, {s['repeats']} interleaved "
         "repeats (tokens/s and speedup are medians over repeats; speedup is paired per repeat).",

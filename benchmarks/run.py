@@ -25,13 +25,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vllm_firp.core import FirpHeads
+from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
 
 from .measure import machine_info, measure, pick_threads
 from .methods import ABLATIONS, MAIN_METHODS, Builder, Options, ablation_methods
 from .reference_heads import parse_recipe_overrides
 from .report import write_report
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Recipe fields that mean something for Medusa heads too (data and optimisation, not FIRP wiring).
 MEDUSA_RECIPE_FIELDS = {"num_prompts", "prompt_tokens", "max_new_tokens", "steps", "grad_accum", "lr", "warmup",
                         "seq_len", "anchors_per_seq", "num_future_tokens", "loss_weights", "gen_batch_size",
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exit-depth", type=int, default=2, help="early-exit chain length")
     g = p.add_argument_group("runtime")
     g.add_argument("--out", type=Path, required=True, help="output directory")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype")
+    g.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="compute dtype; auto (default) = as saved where this CPU computes it natively, else float32")
     g.add_argument("--threads", default="auto", help="torch CPU threads, or 'auto': time 1 and 2 threads on one AR "
                    "generation and keep the faster (tiny models are often fastest on 1)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     _log(args, f"model {paths['model']}; heads {paths['heads']}; medusa {paths['medusa_heads']}")
 
-    dtype = DTYPES[args.dtype]
+    dtype = model_dtype(paths["model"], args.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(paths["model"]), dtype=dtype, attn_implementation="sdpa").eval()
     firp_heads = FirpHeads.from_pretrained(paths["heads"], model.config, dtype=dtype) if paths["heads"] else None
     medusa_heads = None
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "title": f"FIRP ablation: {args.ablation}" if args.ablation else "FIRP vs peers in the reference engine",
         "meta": meta,
         "settings": {"num_prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                     "budget": args.budget, "threads": threads, "dtype": args.dtype,
+                     "budget": args.budget, "threads": threads, "dtype": dtype_name(dtype),
                      **{k: str(v) if isinstance(v, Path) else v for k, v in paths.items()}},
         "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "methods": measure(methods, prompts, args.max_new_tokens, args.repeats, progress=not args.quiet),

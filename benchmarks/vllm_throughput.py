@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
+
 METHODS = ("none", "ngram", "firp")
 
 
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-schedule", type=json.loads, metavar="JSON",
                    help="vLLM's num_speculative_tokens_per_batch_size for ngram and FIRP, e.g. '[[1,4,3],[5,1024,0]]' "
                    "(inclusive batch-size ranges -> K; K=0 turns drafting off there)")
-    p.add_argument("--dtype", default="auto", help="model dtype passed to vLLM (default: auto; bf16 on CPU)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="model dtype handed to vLLM; auto (default) = as saved where this CPU computes it natively, "
+                   "else float32 (vLLM's own auto keeps bf16 on CPUs that only emulate it)")
     p.add_argument("--max-model-len", type=int, default=1024, help="vLLM max_model_len (default: 1024)")
     p.add_argument("--compile", action="store_true", help="allow torch.compile (default: enforce_eager)")
     p.add_argument("--kv-cache-gib", default="2", help="VLLM_CPU_KVCACHE_SPACE for the CPU build (default: 2)")
@@ -171,7 +175,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"# vLLM throughput: {meta['model']}", "",
-        f"vLLM {meta['vllm']}, {meta['device']}, dtype {meta['dtype']}, {meta['max_tokens']} output tokens per "
+        f"vLLM {meta['vllm']}, {meta['device']}, dtype {meta['dtype']}; {meta.get('cpu', '?')} (capability "
+        f"{meta.get('cpu_capability', '?')}, native bf16 {meta.get('cpu_native_bf16', '?')}); {meta['max_tokens']} output tokens per "
         f"request, K={meta['num_spec_tokens']}"
         + (f" (per batch size: {meta['k_schedule']})" if meta.get("k_schedule") else "")
         + f", medians over {meta['repeats']} prompt sets; FIRP heads "
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from .measure import machine_info
 
     info = machine_info()  # commit and uncommitted code at the start of the run
+    args.dtype = dtype_name(model_dtype(args.model, args.dtype))  # resolved once, so every worker runs the same
     prompts_file = args.out / "prompts.jsonl"
     write_heldout_prompts(prompts_file, max(args.batch_sizes) * args.repeats, args.prompt_tokens, Path(args.model))
     rows = [r for m in args.methods for r in run_method(m, args, prompts_file)]
@@ -242,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import vllm
 
-    meta = {"commit": info["commit"], "dirty_files": info["dirty_files"], "date": info["date"],
+    meta = {**{k: info[k] for k in ("commit", "dirty_files", "date", "cpu", "cpu_capability", "cpu_native_bf16",
+                                     "cpu_count", "torch")},
             "command": "python -m benchmarks.vllm_throughput " + shlex.join(sys.argv[1:]),
             "model": args.model, "heads": args.heads, "vllm": vllm.__version__, "dtype": args.dtype,
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",

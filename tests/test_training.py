@@ -199,7 +199,7 @@ def test_heads_options_reach_the_checkpoint(workdir: Path) -> None:
     assert (cfg.inject_layers, cfg.source, cfg.residual, cfg.bias, cfg.pseudo_attend_each_other) == (
         [1, 2, 3], "anchor", True, False, False)
     assert cfg.training["loss_weights"] == [1.0, 0.5, 0.25] and cfg.training["anchors_per_seq"] == 4
-    assert cfg.training["model_dtype"] == "bf16" and cfg.dtype == "float32"  # heads train in fp32
+    assert cfg.training["model_dtype"] == "bfloat16" and cfg.dtype == "float32"  # heads train in fp32
     with pytest.raises(FirpCheckpointError, match="different heads settings"):
         train.train(train.build_parser().parse_args(
             train_args(workdir, "opts2", "--steps", "4", "--resume", str(workdir / "opts-checkpoints" / "step-0000002"))))

@@ -178,3 +178,20 @@ def test_heads_trained_for_another_model_warn(model, heads, tmp_path):
     finally:
         log.removeHandler(handler)
     assert any("trained for base model /models/another-llama" in r.getMessage() for r in records)
+
+
+def test_emulated_bf16_on_cpu_is_warned_about(model, heads, caplog, monkeypatch):
+    """bf16 on a CPU without native bf16 swamps any drafting speedup: the user is told to pass float32."""
+    from vllm_firp.core import precision
+
+    spec = {"method": "firp", "model": heads}
+    for avx512_bf16, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(precision, "cpu_info", lambda b=avx512_bf16: precision.CpuInfo("cpu", "AVX2", b, False, False))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vllm.plugins.firp"):
+            engine_config(model, spec, dtype="bfloat16")
+        assert ("only emulates" in caplog.text) == warned, caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vllm.plugins.firp"):
+        engine_config(model, spec, dtype="float32")
+    assert "only emulates" not in caplog.text

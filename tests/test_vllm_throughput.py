@@ -39,7 +39,10 @@ def test_three_methods_in_one_run(tmp_path):
     summary = {(s["method"], s["batch_size"]): s for s in res["summary"]}
     assert set(summary) == {(m, b) for m in ("none", "ngram", "firp") for b in (1, 2)}
     for (method, _), s in summary.items():
-        assert s["tokens_per_s"] > 0 and (s["acceptance_length"] is None) == (method == "none")
+        assert s["tokens_per_s"] > 0
+        # FIRP drafts every step; ngram drafts only once an n-gram repeats, which 12 tokens may not reach.
+        assert (s["acceptance_length"] is None) if method == "none" else (
+            method == "ngram" or s["acceptance_length"] is not None)
         assert s["acceptance_length"] is None or 1.0 <= s["acceptance_length"] <= 4.0  # K=3: at most 3 + 1
     assert all(r["output_tokens"] == 12 * r["batch_size"] for r in res["raw"])
     assert "| firp | 2 |" in (out / "results.md").read_text()

@@ -277,12 +277,15 @@ def check_model_path(model: str) -> None:
         raise DataError(f"model directory {model} does not exist (give a local HF model directory or a hub id)")
 
 
-def load_base_model(model: str, dtype: Any, **kw: Any) -> Any:
-    """``AutoModelForCausalLM.from_pretrained`` after :func:`check_model_path`."""
+def load_base_model(model: str, dtype: Any = "auto", **kw: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` after :func:`check_model_path`; ``dtype`` "auto" keeps the
+    checkpoint's dtype where this CPU computes it natively, else fp32 (``vllm_firp.core.precision``)."""
     from transformers import AutoModelForCausalLM
 
+    from vllm_firp.core.precision import model_dtype
+
     check_model_path(model)
-    return AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **kw)
+    return AutoModelForCausalLM.from_pretrained(model, dtype=model_dtype(model, dtype), **kw)
 
 
 def load_sequences(

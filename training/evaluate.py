@@ -31,12 +31,12 @@ from vllm_firp.core import (
     chain_tree,
     expected_accepted_length,
 )
+from vllm_firp.core.precision import DTYPE_CHOICES
 from vllm_firp.engine.hf_model import ModelParts
 
 from .data import TokenSequence, load_base_model, load_sequences
 from .methods import Heads, draft_outputs, load_heads, method_of
 from .objective import DraftOutputs, sample_anchors
-from .train import DTYPES
 
 
 @dataclass
@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-prompts", type=int, default=0, help="also measure tau with the reference engine on "
                    "this many prompts (greedy; chain and the largest tree)")
     p.add_argument("--engine-max-new-tokens", type=int, default=64, help="tokens per engine prompt (default 64)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="base model dtype (default fp32)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="base model dtype; auto (default) = as saved where this CPU computes it natively, else float32")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_base_model(args.model, DTYPES[args.dtype], attn_implementation="sdpa")
+    model = load_base_model(args.model, args.dtype, attn_implementation="sdpa")
     model.eval().requires_grad_(False)
     if torch.cuda.is_available():
         model.to("cuda")

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
 from vllm_firp.vllm_plugin import vllm_unavailable_reason
 
 from .data import (
@@ -37,7 +38,6 @@ from .data import (
 )
 
 log = logging.getLogger("training.generate_data")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,7 @@ class HFBackend:
     def __init__(self, model: str, dtype: str, settings: GenerationSettings, max_model_len: int | None) -> None:
         from transformers import AutoModelForCausalLM
 
-        kw = {} if dtype == "auto" else {"dtype": DTYPES[dtype]}
-        self.model = AutoModelForCausalLM.from_pretrained(model, **kw).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=model_dtype(model, dtype)).eval()
         if torch.cuda.is_available():
             self.model.to("cuda")
         self.settings = settings
@@ -112,7 +111,9 @@ class VllmBackend:
         from vllm import LLM
 
         kw = {"max_model_len": max_model_len} if max_model_len else {}
-        self.llm = LLM(model=model, dtype=_saved_dtype(model) if dtype == "auto" else dtype, seed=settings.seed, **kw)
+        # Explicit: vLLM's "auto" may downcast float32 on CPU (the data would not be the model's greedy text as
+        # saved) and keeps bf16 on CPUs that only emulate it.
+        self.llm = LLM(model=model, dtype=dtype_name(model_dtype(model, dtype)), seed=settings.seed, **kw)
         self.max_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self.settings = settings
@@ -132,15 +133,6 @@ class VllmBackend:
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.ids) for p in prompts], params, use_tqdm=False)
         return [(list(o.outputs[0].token_ids), "stop" if o.outputs[0].finish_reason == "stop" else "length")
                 for o in outs]
-
-
-def _saved_dtype(model: str) -> str:
-    """The checkpoint's own dtype: vLLM's "auto" may downcast float32 on CPU, so the data would not be
-    the greedy text of the model as saved (and as HF generates it)."""
-    from transformers import AutoConfig
-
-    dtype = getattr(AutoConfig.from_pretrained(model), "dtype", None)
-    return str(dtype).removeprefix("torch.") if dtype is not None else "auto"
 
 
 def make_backend(
@@ -293,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for prompt cutting and sampling (default 0)")
     p.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto",
                    help="auto: vLLM when it can run here, else HF generate")
-    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="model dtype (default: as saved)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="model dtype; auto (default) = as saved where this CPU computes it natively, else float32")
     p.add_argument("--batch-size", type=int, help="prompts per generate call and per save "
                    "(default 32 for hf, 512 for vllm)")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")

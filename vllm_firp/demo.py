@@ -7,8 +7,7 @@ import os
 import time
 from collections.abc import Callable
 
-import torch
-
+from .core.precision import dtype_name, model_dtype
 from .vllm_plugin import vllm_unavailable_reason
 
 # The micro model is small: on this prompt it writes code-shaped text instead of falling into loops.
@@ -23,9 +22,10 @@ def _vllm_section(model_dir: str, heads_dir: str, prompt: str, args: argparse.Na
     from vllm import SamplingParams as VllmSampling
 
     params = VllmSampling(temperature=0.0, max_tokens=args.max_new_tokens)
+    dtype = dtype_name(model_dtype(model_dir, args.dtype))  # vLLM's "auto" keeps bf16 even where it crawls
     out = {}
     for name, spec in (("plain", None), ("firp", {"method": "firp", "model": heads_dir})):
-        llm = LLM(model=model_dir, speculative_config=spec, enforce_eager=True, max_model_len=1024,
+        llm = LLM(model=model_dir, speculative_config=spec, enforce_eager=True, max_model_len=1024, dtype=dtype,
                   disable_log_stats=False)
         t0 = time.perf_counter()
         result = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
@@ -77,7 +77,7 @@ def run_demo(args: argparse.Namespace, run_pair: Callable, report: Callable) -> 
             print(f"[demo] vLLM cannot run here ({reason}); falling back to the reference engine.")
 
     print("[demo] reference engine (PyTorch/transformers, single-pass tree verification):")
-    engine = FirpEngine.from_pretrained(model_dir, heads_dir, dtype=getattr(torch, args.dtype))
+    engine = FirpEngine.from_pretrained(model_dir, heads_dir, dtype=args.dtype)
     prompt_ids = tokenizer(prompt)["input_ids"]
     run_pair(engine, prompt_ids, argparse.Namespace(**{**vars(args), "max_new_tokens": 4}), ["ar", "firp"])  # warm-up
     results = run_pair(engine, prompt_ids, args, ["ar", "firp"])

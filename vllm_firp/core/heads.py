@@ -10,11 +10,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import FirpCheckpointError, FirpConfig
+from .precision import DTYPES
 
 WEIGHTS_NAME = "model.safetensors"
 # Weight files we refuse to read: pickle-based formats can run code on load.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class FirpHeads(nn.Module):

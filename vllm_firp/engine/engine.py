@@ -25,6 +25,7 @@ from ..core import (
     tree_layout,
     verify,
 )
+from ..core.precision import model_dtype
 from .drafters import DraftContext, Drafter, FirpDrafter, NoDrafter
 from .hf_model import ModelParts, commit_rows, forward_rows, new_cache
 
@@ -87,8 +88,10 @@ class FirpEngine:
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, heads_dir: str | Path | None = None, dtype: torch.dtype = torch.float32
+        cls, model_dir: str | Path, heads_dir: str | Path | None = None, dtype: str | torch.dtype = "auto"
     ) -> FirpEngine:
+        """``dtype`` "auto": the checkpoint's dtype where this CPU computes it natively, else fp32."""
+        dtype = model_dtype(model_dir, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
         heads = FirpHeads.from_pretrained(heads_dir, model.config, dtype=dtype) if heads_dir else None
         return cls(model, heads)

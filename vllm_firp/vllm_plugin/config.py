@@ -13,7 +13,7 @@ import os
 from dataclasses import fields
 from typing import Any
 
-from vllm_firp.core import FirpCheckpointError, FirpConfig, FirpHeads
+from vllm_firp.core import FirpCheckpointError, FirpConfig, FirpHeads, precision
 
 logger = logging.getLogger("vllm.plugins.firp")
 METHOD = "firp"
@@ -45,6 +45,20 @@ def firp_info(speculative_config: Any) -> dict[str, Any]:
     return speculative_config.draft_model_config.hf_config.firp
 
 
+def _warn_emulated_dtype(target: Any) -> None:
+    """vLLM's CPU build serves bf16 checkpoints in bf16 even where the CPU only emulates it (~28x slower than
+    fp32 on AVX2-only CPUs), which would swamp any speedup from drafting: say so, and how to avoid it."""
+    from vllm.platforms import current_platform
+
+    cpu = precision.cpu_info()
+    if current_platform.device_type == "cpu" and target.dtype not in cpu.native():
+        logger.warning(
+            "the served model computes in %s, which this CPU (%s, capability %s) only emulates: it runs many times "
+            "slower than float32; pass --dtype float32 (LLM(..., dtype='float32'))",
+            precision.dtype_name(target.dtype), cpu.model, cpu.capability,
+        )
+
+
 def finish_speculative_config(sc: Any) -> None:
     """``SpeculativeConfig.__post_init__`` for method 'firp': validate, then fill the derived fields."""
     if sc.model is None:
@@ -63,6 +77,7 @@ def finish_speculative_config(sc: Any) -> None:
             f"speculative method 'firp' supports {', '.join(SUPPORTED_ARCHITECTURES)}; the served model is {archs}"
         )
 
+    _warn_emulated_dtype(target)
     heads_dir = os.path.abspath(os.path.expanduser(sc.model))
     cfg = load_heads_config(heads_dir, target)
     _refuse_sliding_windows(target.hf_text_config, cfg.inject_layers[0])

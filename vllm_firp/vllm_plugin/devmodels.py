@@ -4,12 +4,13 @@ random Llama; trained FIRP heads when they exist, else identity-initialised head
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from vllm_firp.cache import atomic_build
+from vllm_firp.cache import default_cache_dir as project_cache_dir
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -29,25 +30,11 @@ class DevModels:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("VLLM_FIRP_CACHE", Path.home() / ".cache" / "vllm-firp")) / "vllm-plugin"
+    return project_cache_dir() / "vllm-plugin"
 
 
 def _atomic(directory: Path, build: Callable[[Path], None]) -> Path:
-    """Build into a temp sibling and rename, so a half-written directory is never visible."""
-    if directory.is_dir():
-        return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        build(tmp / "out")
-        try:
-            os.rename(tmp / "out", directory)
-        except OSError:  # built concurrently by another process: keep theirs
-            if not directory.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return directory if directory.is_dir() else atomic_build(directory, build)
 
 
 def tiny_llama(directory: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
