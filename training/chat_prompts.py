@@ -13,6 +13,7 @@ records, ready for ``training.generate_data``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -54,9 +55,10 @@ def sample_user_turns(model: str, num_prompts: int, *, seed: int = 0, max_tokens
     counts = {"sampled": 0, "truncated": 0, "too_short": 0, "duplicate": 0}
     batch, round_ = max(16, int(num_prompts * oversample)), 0
     while len(kept) < num_prompts and round_ < 4:
-        # One key per sample: the backends seed each sampled prompt from its key.
-        prompts = [Prompt(f"{seed:04x}{round_:02x}{i:06x}", prefix) for i in range(batch)]
-        for ids, finish in engine.generate(prompts):
+        # One key per sample: the backends seed each sampled prompt from its key's leading hex digits.
+        prompts = [Prompt(hashlib.sha1(f"user-turn {seed} {round_} {i}".encode()).hexdigest(), prefix)
+                   for i in range(batch)]
+        for ids, finish in _generate_in_chunks(engine, prompts, progress):
             counts["sampled"] += 1
             text = tokenizer.decode(ids, skip_special_tokens=True).strip()
             if finish != "stop":
@@ -72,6 +74,16 @@ def sample_user_turns(model: str, num_prompts: int, *, seed: int = 0, max_tokens
                   file=sys.stderr, flush=True)
         round_ += 1
     return list(kept.values())[:num_prompts], counts
+
+
+def _generate_in_chunks(engine: Any, prompts: list[Prompt], progress: bool, chunk: int = 256):
+    """The engine's outputs for ``prompts``, a chunk at a time behind a progress bar."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(prompts), desc="sample user turns", unit="turn", disable=not progress, file=sys.stderr) as bar:
+        for i in range(0, len(prompts), chunk):
+            yield from engine.generate(prompts[i : i + chunk])
+            bar.update(len(prompts[i : i + chunk]))
 
 
 def build_parser() -> argparse.ArgumentParser:

