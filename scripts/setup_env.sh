@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED_WHEELS=${VLLM_FIRP_WHEELS:-$ROOT/../shared/wheels}
-DEV_PKGS="pytest>=8 ruff scipy matplotlib openai gguf>=0.10"
+DEV_PKGS="pytest>=8 ruff scipy matplotlib openai gguf>=0.10 accelerate"
 log() { echo "[setup] $*" >&2; }
 
 if [ -x "$SHARED_WHEELS/install.sh" ] || [ -f "$SHARED_WHEELS/install.sh" ]; then

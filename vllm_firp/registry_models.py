@@ -203,7 +203,8 @@ def load_gguf(gguf: Path):
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as exc:
-        raise RegistryModelError(f"converting GGUF needs the `gguf` package (pip install gguf): {exc}") from None
+        raise RegistryModelError(f"converting GGUF needs `gguf` and `accelerate` (pip install 'vllm-firp[models]'): "
+                                 f"{exc}") from None
     except Exception as exc:  # noqa: BLE001 - a truncated or malformed file fails in many ways (struct, value, key)
         raise RegistryModelError(f"transformers could not read {gguf}: {type(exc).__name__}: {exc}") from None
     return model.eval(), tokenizer
