@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import sysconfig
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from vllm_firp.cache import atomic_build, default_cache_dir, file_lock
+from vllm_firp.cache import atomic_build, default_cache_dir, ensure_built, file_lock
 from vllm_firp.core.precision import cpu_info, dtype_name, resolve_dtype
 
 __all__ = ["default_cache_dir", "file_lock"]  # re-exported for the heads builder
@@ -442,17 +441,8 @@ def ensure_reference_model(
 ) -> Path:
     """The cached model dir for `size` ("micro" / "small" or a custom preset), built if absent."""
     preset = size if isinstance(size, ReferencePreset) else _preset(size)
-    final = reference_model_dir(preset, cache_dir)
-    if _is_complete(final):
-        return final
-    with file_lock(final.parent / f".{final.name}.lock"):
-        if _is_complete(final):
-            return final
-        if final.exists():  # not built by us: never half-written by us, but refuse to guess
-            raise RuntimeError(f"{final} exists but is incomplete; delete it and retry")
-        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed build; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        return build_atomic(final, preset, progress=progress, threads=threads)
+    return ensure_built(reference_model_dir(preset, cache_dir), _is_complete,
+                        lambda out: build_reference_model(out, preset, progress=progress, threads=threads))
 
 
 # -------------------------------------------------------------------------------------- prompts

@@ -44,3 +44,18 @@ def atomic_build(final: Path, build: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def ensure_built(final: Path, is_complete: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """The cache entry ``final``, built by ``build(out)`` (under a lock, atomically) unless already complete."""
+    final = Path(final)
+    if is_complete(final):
+        return final
+    with file_lock(final.parent / f".{final.name}.lock"):
+        if is_complete(final):
+            return final
+        if final.exists():  # never half-written by us (builds are renamed into place): refuse to guess
+            raise FileExistsError(f"{final} exists but is incomplete; delete it and retry")
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        return atomic_build(final, build)

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FirpCheckpointError, RegistryModelError, ValueError, FileNotFoundError) as e:
+    except (FirpCheckpointError, RegistryModelError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"firp: error: {e}", file=sys.stderr)
         return 2
 

