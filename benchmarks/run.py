@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from training.reference_heads import parse_recipe_overrides
 from vllm_firp.core import FirpHeads
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
 
 from .measure import machine_info, measure, pick_threads
 from .methods import ABLATIONS, MAIN_METHODS, Builder, Options, ablation_methods
-from .reference_heads import parse_recipe_overrides
 from .report import write_report
 
 # Recipe fields that mean something for Medusa heads too (data and optimisation, not FIRP wiring).
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model, heads and prompts")
     g.add_argument("--size", default="micro", choices=["micro", "small"],
                    help="reference model size used for whatever of --model/--heads/--medusa-heads/--prompts is omitted "
-                   "(built and cached on first use by benchmarks.reference_model / reference_heads)")
+                   "(built and cached on first use by training.reference_model / reference_heads)")
     g.add_argument("--model", type=Path, help="HF model directory (default: the reference model of --size)")
     g.add_argument("--heads", type=Path, help="FIRP heads directory (default: reference FIRP heads of --size)")
     g.add_argument("--medusa-heads", type=Path, help="Medusa heads directory (default: reference Medusa heads)")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--heads-recipe", type=parse_recipe_overrides, default={}, metavar="K=V,...",
                    help="overrides of the reference heads recipe, for the default FIRP and Medusa heads and every "
                    "ablation variant (e.g. steps=600 to train longer, steps=60 for cheap ablation heads); "
-                   "see benchmarks.reference_heads.HeadsRecipe")
+                   "see training.reference_heads.HeadsRecipe")
     g.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt")
     g.add_argument("--repeats", type=int, default=3, help="timed passes over all prompts (medians are reported)")
     g = p.add_argument_group("trees and drafters")
@@ -103,8 +103,8 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 
 def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[int]], list[list[int]]]:
     """(measured prompts, calibration prompts) as token ids."""
-    from benchmarks.reference_model import write_heldout_prompts
     from training.data import encode_prompts, read_prompt_records
+    from training.reference_model import write_heldout_prompts
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -126,8 +126,8 @@ def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[i
 
 
 def resolve_paths(args: argparse.Namespace, need_heads: bool) -> dict[str, Path | None]:
-    from benchmarks.reference_heads import ensure_reference_heads
-    from benchmarks.reference_model import ensure_reference_model
+    from training.reference_heads import ensure_reference_heads
+    from training.reference_model import ensure_reference_model
 
     progress = not args.quiet
     model = args.model or ensure_reference_model(args.size, progress=progress)
@@ -212,14 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _recipe_fields() -> set[str]:
-    from benchmarks.reference_heads import HeadsRecipe
+    from training.reference_heads import HeadsRecipe
 
     return {f.name for f in dataclasses.fields(HeadsRecipe)}
 
 
 def _firp_loader(args: argparse.Namespace, default: FirpHeads | None, model_config: Any, dtype: torch.dtype):
     """Heads for an ablation variant: the reference recipe of --size plus overrides, trained on first use."""
-    from benchmarks.reference_heads import ensure_reference_heads
+    from training.reference_heads import ensure_reference_heads
 
     def load(overrides: dict) -> FirpHeads:
         merged = {**args.heads_recipe, **overrides}

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="output directory (results.json, results.md, throughput.png)")
     p.add_argument("--size", default="micro", help="reference model / heads preset (default: micro)")
-    p.add_argument("--model", help="model directory (default: benchmarks.reference_model for --size)")
-    p.add_argument("--heads", help="FIRP heads directory (default: benchmarks.reference_heads for --size)")
+    p.add_argument("--model", help="model directory (default: training.reference_model for --size)")
+    p.add_argument("--heads", help="FIRP heads directory (default: training.reference_heads for --size)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of none,ngram,firp")
     p.add_argument("--batch-sizes", default="1,4,16,32", help="comma-separated batch sizes (default: 1,4,16,32)")
     p.add_argument("--repeats", type=int, default=3, help="distinct prompt sets per batch size; medians over them")
@@ -117,11 +117,11 @@ def run_worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------- orchestrator
 def resolve_models(args: argparse.Namespace) -> None:
     if args.model is None:
-        from benchmarks.reference_model import ensure_reference_model
+        from training.reference_model import ensure_reference_model
 
         args.model = str(ensure_reference_model(args.size))
     if args.heads is None and "firp" in args.methods:
-        from benchmarks.reference_heads import ensure_reference_heads
+        from training.reference_heads import ensure_reference_heads
 
         args.heads = str(ensure_reference_heads(args.size))
     if args.num_spec_tokens is None:
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     resolve_models(args)
-    from benchmarks.reference_model import write_heldout_prompts
+    from training.reference_model import write_heldout_prompts
 
     from .measure import machine_info
 

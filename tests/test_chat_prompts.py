@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.devmodels import default_cache_dir, tiny_llama
 from training import chat_prompts
 from training.data import DataError
-from vllm_firp.vllm_plugin.devmodels import default_cache_dir, tiny_llama
 
 
 @pytest.fixture(scope="module")

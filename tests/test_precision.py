@@ -118,7 +118,7 @@ def test_avx2_upcasts_a_bf16_checkpoint_everywhere_it_is_loaded(avx2: CpuInfo, t
 
 
 def test_avx2_reference_builds_and_heads_run_in_fp32(avx2: CpuInfo) -> None:
-    from benchmarks import reference_model as rm
+    from training import reference_model as rm
 
     for preset in rm.PRESETS.values():
         assert preset.train_dtype == "auto" and rm.train_dtype(preset) == FP32
@@ -127,8 +127,8 @@ def test_avx2_reference_builds_and_heads_run_in_fp32(avx2: CpuInfo) -> None:
 
 def test_reference_cache_keys_follow_the_training_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     """A model (and heads) trained in fp32 is not the bf16-trained one: they get separate cache entries."""
-    from benchmarks import reference_heads as rh
-    from benchmarks import reference_model as rm
+    from training import reference_heads as rh
+    from training import reference_model as rm
 
     monkeypatch.delenv(precision.ENV_VAR, raising=False)
     paths = {}

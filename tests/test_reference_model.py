@@ -1,4 +1,4 @@
-"""Tests for benchmarks.reference_model: the data split, a tiny end-to-end build, the cache, prompts."""
+"""Tests for training.reference_model: the data split, a tiny end-to-end build, the cache, prompts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import reference_model as rm
+from training import reference_model as rm
 
 TINY = rm.ReferencePreset(
     name="tiny", vocab_size=384, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
@@ -194,7 +194,7 @@ def test_cli_help_and_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     cmd = [
         sys.executable,
         "-m",
-        "benchmarks.reference_model",
+        "training.reference_model",
         "path",
         "--size",
         "micro",

@@ -1,4 +1,4 @@
-"""benchmarks.reference_heads cache keys (nothing is built here: the reference model takes minutes)."""
+"""training.reference_heads cache keys (nothing is built here: the reference model takes minutes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import reference_heads as rh
+from training import reference_heads as rh
 
 
 def test_cache_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

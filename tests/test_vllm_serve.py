@@ -7,16 +7,8 @@ with vLLM's shorthand ``--spec-method firp --spec-model HEADS``) answers the sam
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -25,11 +17,11 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 import openai  # noqa: E402  (a dev dependency: missing it is an error, not a skip)
 
-from vllm_firp.vllm_plugin.devmodels import CHAT_TEMPLATE, code_prompts, dev_models  # noqa: E402
+from benchmarks.devmodels import CHAT_TEMPLATE, code_prompts, dev_models  # noqa: E402
+from benchmarks.serving import Server, counter, free_port, serve_cmd, serve_env  # noqa: E402
 
 SERVE_ARGS = ["--enforce-eager", "--max-model-len", "384", "--dtype", "float32", "--max-num-seqs", "16",
               "--max-num-batched-tokens", "128", "--disable-uvicorn-access-log"]
-START_TIMEOUT = 300
 CHATS = [
     [{"role": "user", "content": "def fibonacci(n):"}],
     [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "import os\nimport sys"}],
@@ -37,68 +29,8 @@ CHATS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_cmd(model: str, port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host", "127.0.0.1",
-            "--port", str(port), *SERVE_ARGS, *extra]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-
-
-class Server:
-    """A `vllm serve` subprocess in its own session; stopped (SIGINT, then SIGKILL) on exit."""
-
-    def __init__(self, cmd: list[str], log: Path) -> None:
-        self.log = log
-        self._fh = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=_env(),
-                                     start_new_session=True)
-        self.port = int(cmd[cmd.index("--port") + 1])
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError(f"vllm serve not ready after {START_TIMEOUT}s:\n{self.tail()}")
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
-            return r.read().decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._fh.close()
-
-    def __enter__(self) -> Server:
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    return serve_cmd(model, port, *SERVE_ARGS, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +65,7 @@ def _query(server: Server, model: str, prompts: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def plain(setup):
     m, tmp = setup["models"], setup["tmp"]
-    cmd = _serve_cmd(m.model, _free_port(), "--chat-template", str(tmp / "chat.jinja"))
+    cmd = _serve_cmd(m.model, free_port(), "--chat-template", str(tmp / "chat.jinja"))
     with Server(cmd, tmp / "plain.log") as server:
         return _query(server, m.model, setup["prompts"])
 
@@ -141,7 +73,7 @@ def plain(setup):
 @pytest.fixture(scope="module")
 def firp(setup, plain):
     m, tmp = setup["models"], setup["tmp"]
-    cmd = _serve_cmd(m.model, _free_port(), "--chat-template", str(tmp / "chat.jinja"),
+    cmd = _serve_cmd(m.model, free_port(), "--chat-template", str(tmp / "chat.jinja"),
                      "--spec-method", "firp", "--spec-model", m.heads)
     server = Server(cmd, tmp / "firp.log")
     with server:
@@ -160,15 +92,9 @@ def test_chat_equal_without_speculation(plain, firp):
     assert all(isinstance(c, str) and c for c in plain["chats"])
 
 
-def _counter(metrics: str, name: str) -> float:
-    values = [float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+]+)$", metrics, re.M)]
-    assert values, f"{name} not in /metrics"
-    return sum(values)
-
-
 def test_metrics_report_firp_acceptance(firp, plain):
-    drafts = _counter(firp["metrics"], "vllm:spec_decode_num_drafts_total")
-    accepted = _counter(firp["metrics"], "vllm:spec_decode_num_accepted_tokens_total")
+    drafts = counter(firp["metrics"], "vllm:spec_decode_num_drafts_total")
+    accepted = counter(firp["metrics"], "vllm:spec_decode_num_accepted_tokens_total")
     assert drafts > 0 and accepted > 0
     assert "vllm:spec_decode_num_drafts_total" not in plain["metrics"]
     assert "speculative method 'firp' runs on the V1 model runner" in firp["log"]
@@ -181,7 +107,7 @@ def test_bad_heads_make_serve_exit_with_a_clear_message(setup, tmp_path):
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"format": "firp", "hidden_size": 1}))
     spec = json.dumps({"method": "firp", "model": str(bad), "num_speculative_tokens": 3})
-    cmd = _serve_cmd(setup["models"].model, _free_port(), "--speculative-config", spec)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env())
+    cmd = _serve_cmd(setup["models"].model, free_port(), "--speculative-config", spec)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=serve_env())
     assert proc.returncode != 0
     assert "unusable FIRP heads" in proc.stderr and "lacks required field(s)" in proc.stderr, proc.stderr[-3000:]

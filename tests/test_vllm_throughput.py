@@ -10,7 +10,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 from benchmarks import vllm_throughput  # noqa: E402
-from vllm_firp.vllm_plugin.devmodels import dev_models  # noqa: E402
+from benchmarks.devmodels import dev_models  # noqa: E402
 
 
 def test_summary_pairs_speedups_per_batch_size():

@@ -87,7 +87,7 @@ def _generate_in_chunks(engine: Any, prompts: list[Prompt], progress: bool, chun
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.chat_prompts", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="firp chat-prompts", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="instruct model directory (its tokenizer needs a chat template)")
     p.add_argument("--num-prompts", type=int, default=2000, help="distinct prompts wanted (default 2000)")
     p.add_argument("--out", type=Path, required=True, help="output prompts.jsonl")

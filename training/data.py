@@ -138,9 +138,9 @@ def _chat_ids(messages: Any, tokenizer: Any, i: int) -> list[int]:
             "the prompts are chat conversations but the tokenizer has no chat template; "
             "give plain {'prompt': text} records instead"
         )
-    turns = messages[: users[-1] + 1]
-    out = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return [int(t) for t in out]
+    from vllm_firp.registry_models import conversation_ids
+
+    return conversation_ids(tokenizer, messages[: users[-1] + 1])
 
 
 def cut_text_prompts(

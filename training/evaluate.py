@@ -249,7 +249,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate",
+    p = argparse.ArgumentParser(prog="firp evaluate",
                                 description="Evaluate FIRP or Medusa heads on held-out self-distillation data.")
     p.add_argument("--model", required=True, help="the base model (HF directory or id)")
     p.add_argument("--heads", required=True, type=Path, help="heads directory (FIRP or Medusa format)")

@@ -258,7 +258,7 @@ def load_tokenizer(path: str) -> Any | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.generate_data",
+        prog="firp generate-data",
         description="Generate self-distillation data (the base model's own responses) for FIRP/Medusa training.",
     )
     p.add_argument("--model", required=True, help="HF model directory or hub id (the base model to distill)")

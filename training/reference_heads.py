@@ -1,13 +1,13 @@
 """FIRP (or Medusa) heads for the project's reference model, trained once and cached.
 
-Pipeline: ``benchmarks.reference_model`` (the model) -> prompts cut from the stdlib *training* split ->
+Pipeline: ``training.reference_model`` (the model) -> prompts cut from the stdlib *training* split ->
 the model's own greedy responses (``training.generate_data``, cached in ``heads/data/`` and shared by
 every method and ablation with the same data settings) -> ``training.train``. Heads live in
 ``$VLLM_FIRP_CACHE/heads/<size>-<method>-<hash>`` (default cache ``~/.cache/vllm-firp``); the hash
 covers the recipe, the method, the model's own cache key and this file's CODE_VERSION, so a change to
 any of them builds new heads. Builds go through a temp directory and an atomic rename.
 
-    python -m benchmarks.reference_heads --size micro --method firp
+    python -m training.reference_heads --size micro --method firp
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reference_model import default_cache_dir, file_lock, run_dtype
+from vllm_firp.cache import ensure_built
 from vllm_firp.core.precision import dtype_name
+
+from .reference_model import default_cache_dir, file_lock, run_dtype
 
 CODE_VERSION = "1"
 
@@ -91,7 +91,7 @@ def _recipe(size: str, overrides: dict[str, Any]) -> HeadsRecipe:
 def reference_heads_dir(size: str = "micro", method: str = "firp", cache_dir: str | Path | None = None,
                         **overrides: Any) -> Path:
     """Where the heads for (size, method, recipe) live in the cache; builds nothing."""
-    from benchmarks.reference_model import reference_model_dir
+    from .reference_model import reference_model_dir
 
     if method not in ("firp", "medusa"):
         raise ValueError(f"method must be 'firp' or 'medusa', not {method!r}")
@@ -112,28 +112,20 @@ def ensure_reference_heads(size: str = "micro", method: str = "firp", cache_dir:
 
     ``overrides`` replace fields of the size's :class:`HeadsRecipe` (and so change the cache key).
     """
-    final = reference_heads_dir(size, method, cache_dir, **overrides)
-    if _complete(final):
-        return final
-    with file_lock(final.parent / f".{final.name}.lock"):
-        if _complete(final):
-            return final
-        if final.exists():
-            shutil.rmtree(final)  # only ever created by rename of a complete build; be safe anyway
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
-            build_heads(tmp, size, method, _recipe(size, overrides), cache_dir, progress=progress)
-            os.rename(tmp / "heads", final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    recipe = _recipe(size, overrides)
+
+    def build(out: Path) -> None:  # out.parent is the build's private temp dir: ckpt/ scratch goes there too
+        build_heads(out.parent, size, method, recipe, cache_dir, progress=progress)
+        os.rename(out.parent / "heads", out)
+
+    return ensure_built(reference_heads_dir(size, method, cache_dir, **overrides), _complete, build)
 
 
 def build_heads(work: Path, size: str, method: str, recipe: HeadsRecipe, cache_dir: str | Path | None = None,
                 *, progress: bool = True) -> dict[str, Any]:
     """Train into ``work/heads`` (``work/ckpt`` is scratch) on the cached self-distillation data."""
-    from benchmarks.reference_model import ensure_reference_model
-    from training import train
+    from . import train
+    from .reference_model import ensure_reference_model
 
     model_dir = ensure_reference_model(size, Path(cache_dir) if cache_dir else None, progress=progress)
     t0 = time.perf_counter()
@@ -165,7 +157,7 @@ def build_heads(work: Path, size: str, method: str, recipe: HeadsRecipe, cache_d
 
 def reference_data_dir(size: str, recipe: HeadsRecipe, cache_dir: str | Path | None = None) -> Path:
     """Cache entry of the training data: shared by FIRP, Medusa and ablations with the same data fields."""
-    from benchmarks.reference_model import reference_model_dir
+    from .reference_model import reference_model_dir
 
     key = {f: getattr(recipe, f) for f in DATA_FIELDS}
     key.update(code_version=CODE_VERSION, model=reference_model_dir(size, _cache_root(cache_dir)).name,
@@ -179,8 +171,8 @@ def ensure_reference_data(size: str, recipe: HeadsRecipe, cache_dir: str | Path 
     """Greedy responses of the reference model to prompts cut from the stdlib training split (cached)."""
     from transformers import AutoTokenizer
 
-    from benchmarks.reference_model import ensure_reference_model, stdlib_files
-    from training.generate_data import GenerationSettings, generate_data
+    from .generate_data import GenerationSettings, generate_data
+    from .reference_model import ensure_reference_model, stdlib_files
 
     out = reference_data_dir(size, recipe, cache_dir)
     if (out / DATA_DONE).is_file():
@@ -233,7 +225,7 @@ def parse_recipe_overrides(text: str) -> dict[str, Any]:
 def _cut_prompts(files: list[Path], tokenizer: Any, recipe: HeadsRecipe) -> list[Any]:
     """Training prompts; "mixed" = half whole-line prompts (like the benchmarks' held-out prompts, which
     end at a line end) and half cut at any token, so the heads see both ways a prompt can end."""
-    from training.data import cut_text_prompts
+    from .data import cut_text_prompts
 
     n, cut = recipe.num_prompts, recipe.prompt_cut
     if cut != "mixed":
@@ -249,10 +241,10 @@ def evaluate_reference_heads(size: str = "micro", method: str = "firp", cache_di
 
     Writes ``<heads>-eval/{prompts.jsonl, data/, eval.json, eval.png}`` and returns the report.
     """
-    from benchmarks.reference_model import ensure_reference_model, write_heldout_prompts
-    from training import evaluate
-    from training.data import encode_prompts, read_prompt_records
-    from training.generate_data import GenerationSettings, generate_data, load_tokenizer
+    from . import evaluate
+    from .data import encode_prompts, read_prompt_records
+    from .generate_data import GenerationSettings, generate_data, load_tokenizer
+    from .reference_model import ensure_reference_model, write_heldout_prompts
 
     heads = ensure_reference_heads(size, method, cache_dir, progress=progress, **overrides)
     recipe = _recipe(size, overrides)
@@ -269,7 +261,7 @@ def evaluate_reference_heads(size: str = "micro", method: str = "firp", cache_di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.reference_heads",
+    p = argparse.ArgumentParser(prog="python -m training.reference_heads",
                                 description="Build (or find) the cached FIRP/Medusa heads of the reference model.")
     p.add_argument("--size", choices=sorted(RECIPES), default="micro", help="reference model size (default micro)")
     p.add_argument("--method", choices=["firp", "medusa"], default="firp", help="heads to train (default firp)")
