@@ -1,4 +1,5 @@
-"""vLLM serving throughput: no speculation vs vLLM's built-in ngram vs FIRP, at several batch sizes.
+"""vLLM serving throughput: no speculation vs vLLM's built-in ngram, FIRP, and our baselines served by vLLM's own
+methods (Medusa heads as ``medusa``, the model's first layers as an early-exit ``draft_model``), per batch size.
 
 Each method runs in its own subprocess (one vLLM engine at a time, a fresh process per engine) on the
 same held-out code prompts; a batch of B prompts is one ``LLM.generate`` call. Per (method, batch
@@ -25,7 +26,7 @@ from typing import Any
 
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
 
-METHODS = ("none", "ngram", "firp")
+METHODS = ("none", "ngram", "firp", "medusa", "early-exit")  # the last two: vLLM's own medusa / draft_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="micro", help="reference model / heads preset (default: micro)")
     p.add_argument("--model", help="model directory (default: training.reference_model for --size)")
     p.add_argument("--heads", help="FIRP heads directory (default: training.reference_heads for --size)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of none,ngram,firp")
+    p.add_argument("--methods", default="none,ngram,firp",
+                   help=f"comma-separated subset of {','.join(METHODS)} (default: none,ngram,firp); medusa serves our "
+                   "Medusa heads with vLLM's own 'medusa' method, early-exit the model's first layers with 'draft_model'")
+    p.add_argument("--medusa-heads", help="our Medusa heads (default: training.reference_heads medusa for --size)")
+    p.add_argument("--early-exit-layers", type=int, default=2,
+                   help="decoder layers of the early-exit draft (default: 2)")
     p.add_argument("--batch-sizes", default="1,4,16,32", help="comma-separated batch sizes (default: 1,4,16,32)")
     p.add_argument("--repeats", type=int, default=3, help="distinct prompt sets per batch size; medians over them")
     p.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (EOS ignored)")
@@ -58,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=3600, help="seconds allowed per method subprocess")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)  # internal: run one method
     p.add_argument("--prompts-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--draft-dir", help=argparse.SUPPRESS)  # internal: the exported vLLM draft of the method
     p.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     return p
 
@@ -70,6 +77,10 @@ def spec_config(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": args.num_spec_tokens,
                 "prompt_lookup_min": args.ngram_min, "prompt_lookup_max": args.ngram_max, **schedule}
+    if method in ("medusa", "early-exit"):
+        vllm_method = {"medusa": "medusa", "early-exit": "draft_model"}[method]
+        return {"method": vllm_method, "model": args.draft_dir, "num_speculative_tokens": args.num_spec_tokens,
+                **schedule}
     return {"method": "firp", "model": args.heads, "num_speculative_tokens": args.num_spec_tokens, **schedule}
 
 
@@ -128,6 +139,19 @@ def resolve_models(args: argparse.Namespace) -> None:
         from vllm_firp.core import FirpConfig
 
         args.num_spec_tokens = FirpConfig.load(args.heads).K if args.heads else 3
+    from training.export_vllm import export_early_exit_draft, export_medusa_for_vllm
+
+    args.draft_dirs = {}
+    if "medusa" in args.methods:
+        if args.medusa_heads is None:
+            from training.reference_heads import ensure_reference_heads
+
+            args.medusa_heads = str(ensure_reference_heads(args.size, "medusa"))
+        args.draft_dirs["medusa"] = str(export_medusa_for_vllm(args.medusa_heads, args.model,
+                                                               args.out / "drafts" / "medusa-vllm"))
+    if "early-exit" in args.methods:
+        n = args.early_exit_layers
+        args.draft_dirs["early-exit"] = str(export_early_exit_draft(args.model, n, args.out / "drafts" / f"early-exit-{n}"))
 
 
 def run_method(method: str, args: argparse.Namespace, prompts_file: Path) -> list[dict[str, Any]]:
@@ -139,6 +163,7 @@ def run_method(method: str, args: argparse.Namespace, prompts_file: Path) -> lis
            "--ngram-min", str(args.ngram_min), "--ngram-max", str(args.ngram_max), "--dtype", args.dtype,
            "--max-model-len", str(args.max_model_len), "--methods", method]
     cmd += ["--heads", args.heads] if args.heads else []
+    cmd += ["--draft-dir", args.draft_dirs[method]] if method in args.draft_dirs else []
     cmd += ["--compile"] if args.compile else []
     cmd += ["--k-schedule", json.dumps(args.k_schedule)] if args.k_schedule else []
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
@@ -204,7 +229,8 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = {"none": "tab:gray", "ngram": "tab:blue", "firp": "tab:orange"}
+    colors = {"none": "tab:gray", "ngram": "tab:blue", "firp": "tab:orange", "medusa": "tab:green",
+              "early-exit": "tab:purple"}
     for method in dict.fromkeys(s["method"] for s in summary):
         ss = [s for s in summary if s["method"] == method]
         style = {"marker": "o", "label": method, "color": colors[method]}
@@ -251,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {**{k: info[k] for k in ("commit", "dirty_files", "date", "cpu", "cpu_capability", "cpu_native_bf16",
                                      "cpu_count", "torch")},
             "command": "python -m benchmarks.vllm_throughput " + shlex.join(sys.argv[1:]),
-            "model": args.model, "heads": args.heads, "vllm": vllm.__version__, "dtype": args.dtype,
+            "model": args.model, "heads": args.heads, "drafts": args.draft_dirs, "medusa_heads": args.medusa_heads,
+            "vllm": vllm.__version__, "dtype": args.dtype,
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             "max_tokens": args.max_tokens, "num_spec_tokens": args.num_spec_tokens, "repeats": args.repeats,
             "k_schedule": args.k_schedule,

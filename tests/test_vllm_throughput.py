@@ -26,24 +26,26 @@ def test_summary_pairs_speedups_per_batch_size():
     assert summary["firp", 4]["speedup"] == pytest.approx(0.5)
 
 
-def test_three_methods_in_one_run(tmp_path):
+def test_every_method_in_one_run(tmp_path):
     models = dev_models()
     out = tmp_path / "out"
     argv = ["--out", str(out), "--model", models.model, "--heads", models.heads, "--batch-sizes", "1,2",
             "--repeats", "1", "--max-tokens", "12", "--prompt-tokens", "32", "--max-model-len", "256",
-            "--dtype", "float32", "--kv-cache-gib", "1", "--timeout", "600"]
+            "--dtype", "float32", "--kv-cache-gib", "1", "--timeout", "600",
+            "--methods", "none,ngram,firp,medusa,early-exit"]
     assert vllm_throughput.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["meta"]["same_text_as_none"] == {"ngram": True, "firp": True}  # greedy: lossless
+    methods = ("none", "ngram", "firp", "medusa", "early-exit")
+    assert res["meta"]["same_text_as_none"] == dict.fromkeys(methods[1:], True)  # greedy: lossless
     assert res["meta"]["commit"] and res["meta"]["command"].startswith("python -m benchmarks.vllm_throughput")
     summary = {(s["method"], s["batch_size"]): s for s in res["summary"]}
-    assert set(summary) == {(m, b) for m in ("none", "ngram", "firp") for b in (1, 2)}
+    assert set(summary) == {(m, b) for m in methods for b in (1, 2)}
     for (method, _), s in summary.items():
         assert s["tokens_per_s"] > 0
-        # FIRP drafts every step; ngram drafts only once an n-gram repeats, which 12 tokens may not reach.
+        # Learned drafters draft every step; ngram only once an n-gram repeats, which 12 tokens may not reach.
         assert (s["acceptance_length"] is None) if method == "none" else (
             method == "ngram" or s["acceptance_length"] is not None)
         assert s["acceptance_length"] is None or 1.0 <= s["acceptance_length"] <= 4.0  # K=3: at most 3 + 1
     assert all(r["output_tokens"] == 12 * r["batch_size"] for r in res["raw"])
-    assert "| firp | 2 |" in (out / "results.md").read_text()
+    assert all(f"| {m} | 2 |" in (out / "results.md").read_text() for m in methods)
     assert (out / "throughput.png").read_bytes()[:4] == b"\x89PNG"

@@ -184,7 +184,7 @@ def export_early_exit_draft(model_dir: str | Path, num_layers: int, out_dir: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.export_vllm", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="firp export-vllm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("medusa", help="our Medusa heads -> vLLM's method 'medusa'")
     m.add_argument("--heads", required=True, help="Medusa heads directory (training.medusa)")

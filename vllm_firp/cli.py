@@ -1,5 +1,5 @@
 """`firp` command line: `firp demo`, `firp generate` on any model + heads, `firp fetch-model`, and the trainer
-(`firp chat-prompts | generate-data | train | evaluate`, each with its own --help)."""
+(`firp chat-prompts | generate-data | train | evaluate | export-vllm`, each with its own --help)."""
 
 from __future__ import annotations
 
@@ -117,6 +117,7 @@ TRAINER_COMMANDS = {
     "generate-data": ("generate_data", "self-distill responses to prompts (vLLM offline engine, HF fallback)"),
     "train": ("train", "train FIRP or Medusa heads on self-distilled data"),
     "evaluate": ("evaluate", "per-position top-1/top-5, expected tree tau and cosine-by-layer of trained heads"),
+    "export-vllm": ("export_vllm", "Medusa heads -> vLLM's own 'medusa' method; first N layers -> 'draft_model'"),
 }
 
 
