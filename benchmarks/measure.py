@@ -60,10 +60,12 @@ class Method:
 
 @dataclass
 class _Tally:
-    seconds: list[float]
+    """Per prompt (and per repeat for time), so any subset of prompts (a category) can be summarised."""
+
+    seconds: list[list[float]]  # [repeat][prompt]
     outputs: list[list[int]] = field(default_factory=list)
-    tokens_per_step: list[int] = field(default_factory=list)
-    rows_per_step: list[int] = field(default_factory=list)
+    tokens_per_step: list[list[int]] = field(default_factory=list)  # [prompt][decode forward]
+    rows_per_step: list[list[int]] = field(default_factory=list)
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
@@ -87,20 +89,25 @@ def measure(
     repeats: int = 3,
     warmup: bool = True,
     progress: bool = True,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """Decode every prompt with every method ``repeats`` times (interleaved); per-method figures.
 
-    The method named ``"ar"`` is the reference for output equality and speedup.
+    The method named ``"ar"`` is the reference for output equality and speedup. With ``groups`` (one
+    label per prompt, e.g. an MT-bench category) each method's figures also hold ``by_group``: the
+    same figures over each group's prompts alone.
     """
     names = [m.name for m in methods]
     if REFERENCE not in names:
         raise ValueError(f"methods must include {REFERENCE!r} (plain autoregressive decoding)")
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be distinct: {names}")
+    if groups is not None and len(groups) != len(prompts):
+        raise ValueError(f"groups must label every prompt: {len(groups)} labels for {len(prompts)} prompts")
     if warmup:
         for m in methods:
             m.generate(prompts[0], min(16, max_new_tokens))
-    tally = {m.name: _Tally([0.0] * repeats) for m in methods}
+    tally = {m.name: _Tally([[0.0] * len(prompts) for _ in range(repeats)]) for m in methods}
     t_start = time.perf_counter()
     for r in range(repeats):
         for i, prompt in enumerate(prompts):
@@ -108,12 +115,12 @@ def measure(
             for m in list(methods[shift:]) + list(methods[:shift]):
                 t0 = time.perf_counter()
                 gen = m.generate(prompt, max_new_tokens)
-                tally[m.name].seconds[r] += time.perf_counter() - t0
+                tally[m.name].seconds[r][i] = time.perf_counter() - t0
                 t = tally[m.name]
                 if r == 0:
                     t.outputs.append(gen.tokens)
-                    t.tokens_per_step += gen.stats.tokens_per_step
-                    t.rows_per_step += gen.stats.rows_per_step
+                    t.tokens_per_step.append(list(gen.stats.tokens_per_step))
+                    t.rows_per_step.append(list(gen.stats.rows_per_step))
                 else:
                     _check_same(m.name, i, gen.tokens, t.outputs[i], "its own first repeat")
             if r == 0:
@@ -125,7 +132,14 @@ def measure(
                       f"{time.perf_counter() - t_start:.0f}s", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    return {m.name: _summary(m, tally[m.name], tally[REFERENCE]) for m in methods}
+    everything = range(len(prompts))
+    figures = {m.name: _summary(m, tally[m.name], tally[REFERENCE], everything) for m in methods}
+    if groups is not None:
+        members = {g: [i for i, x in enumerate(groups) if x == g] for g in dict.fromkeys(groups)}
+        for m in methods:
+            figures[m.name]["by_group"] = {g: _summary(m, tally[m.name], tally[REFERENCE], idx, brief=True)
+                                           for g, idx in members.items()}
+    return figures
 
 
 def distinct_ngram_ratio(outputs: Sequence[list[int]], n: int = 4) -> float:
@@ -138,25 +152,37 @@ def distinct_ngram_ratio(outputs: Sequence[list[int]], n: int = 4) -> float:
     return round(sum(ratios) / max(1, len(ratios)), 4)
 
 
-def _summary(m: Method, t: _Tally, ref: _Tally) -> dict:
-    new_tokens = sum(len(o) for o in t.outputs)
-    steps = max(1, len(t.tokens_per_step))
+def _summary(m: Method, t: _Tally, ref: _Tally, prompts: Sequence[int], brief: bool = False) -> dict:
+    """Figures over the prompts indexed by ``prompts``; ``brief`` keeps the per-group essentials."""
+    outputs = [t.outputs[i] for i in prompts]
+    per_step = [n for i in prompts for n in t.tokens_per_step[i]]
+    rows = [n for i in prompts for n in t.rows_per_step[i]]
+    secs = [sum(rep[i] for i in prompts) for rep in t.seconds]
+    ref_secs = [sum(rep[i] for i in prompts) for rep in ref.seconds]
+    new_tokens = sum(len(o) for o in outputs)
+    steps = max(1, len(per_step))
+    figures = {
+        "tau": round(sum(per_step) / steps, 4),
+        "rows_per_forward": round(sum(rows) / steps, 2),
+        "tokens_per_s": round(new_tokens / statistics.median(secs), 2),
+        "speedup": round(statistics.median(a / b for a, b in zip(ref_secs, secs, strict=True)), 3),
+        "new_tokens": new_tokens,
+        "decode_forwards": len(per_step),
+        "num_prompts": len(outputs),
+    }
+    if brief:
+        return figures
     return {
         "family": m.family or m.name,
         "budget": m.budget,
         "tree": m.describe_tree(),
         "note": m.note,
-        "tau": round(sum(t.tokens_per_step) / steps, 4),
-        "rows_per_forward": round(sum(t.rows_per_step) / steps, 2),
-        "tokens_per_s": round(new_tokens / statistics.median(t.seconds), 2),
-        "tokens_per_s_each_repeat": [round(new_tokens / s, 2) for s in t.seconds],
-        "speedup": round(statistics.median(a / b for a, b in zip(ref.seconds, t.seconds, strict=True)), 3),
-        "seconds_each_repeat": [round(s, 3) for s in t.seconds],
-        "new_tokens": new_tokens,
-        "decode_forwards": len(t.tokens_per_step),
-        "accepted_histogram": dict(sorted(Counter(t.tokens_per_step).items())),
-        "equal_to_ar": t.outputs == ref.outputs,  # measure() raises OutputMismatch before this can be False
-        "distinct_4gram_ratio": distinct_ngram_ratio(t.outputs),
+        **figures,
+        "tokens_per_s_each_repeat": [round(new_tokens / s, 2) for s in secs],
+        "seconds_each_repeat": [round(s, 3) for s in secs],
+        "accepted_histogram": dict(sorted(Counter(per_step).items())),
+        "equal_to_ar": outputs == [ref.outputs[i] for i in prompts],  # measure() raised OutputMismatch otherwise
+        "distinct_4gram_ratio": distinct_ngram_ratio(outputs),
     }
 
 

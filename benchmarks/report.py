@@ -38,6 +38,20 @@ def sweep_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def group_table(methods: dict[str, dict]) -> str:
+    """Per-category tau and speedup (rows: categories, then overall; columns: methods)."""
+    names = list(methods)
+    groups = list(next(iter(methods.values()))["by_group"])
+    lines = ["| category | prompts | " + " | ".join(f"{n} tau / speedup" for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for g in groups:
+        cells = [f"{methods[n]['by_group'][g]['tau']:.2f} / {methods[n]['by_group'][g]['speedup']:.2f}x" for n in names]
+        lines.append(f"| {g} | {methods[names[0]]['by_group'][g]['num_prompts']} | " + " | ".join(cells) + " |")
+    cells = [f"**{methods[n]['tau']:.2f} / {methods[n]['speedup']:.2f}x**" for n in names]
+    lines.append(f"| **overall** | {methods[names[0]]['num_prompts']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def budget_rows(results: dict[str, Any]) -> list[dict]:
     """(family, budget) points for the tau-vs-budget plot: the sweep, else tree methods of the table."""
     rows = results.get("budget_sweep") or [
@@ -62,6 +76,9 @@ def to_markdown(results: dict[str, Any]) -> str:
         f"Distinct 4-gram share of the generated text (1 = no repetition, near 0 = loops): "
         f"{results['methods']['ar']['distinct_4gram_ratio']:.3f}.",
     ]
+    if all("by_group" in m for m in results["methods"].values()):
+        parts += ["", "## Per category (tau = tokens per target forward; speedup = tokens/s vs AR)", "",
+                  group_table(results["methods"])]
     if results.get("budget_sweep"):
         bs = results["budget_sweep_settings"]
         parts += ["", f"## Tree budget sweep ({bs['num_prompts']} prompts, {bs['repeats']} repeat(s))", "",
@@ -90,6 +107,24 @@ def plot_tau_speedup(methods: dict[str, dict], path: Path) -> None:
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_by_group(methods: dict[str, dict], path: Path) -> None:
+    """Grouped bars: speedup vs AR per category, one bar per method."""
+    names = [n for n in methods if n != "ar"] or list(methods)
+    groups = list(next(iter(methods.values()))["by_group"]) + ["overall"]
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(groups)), 4))
+    for j, n in enumerate(names):
+        vals = [methods[n]["by_group"][g]["speedup"] for g in groups[:-1]] + [methods[n]["speedup"]]
+        ax.bar([x + (j - len(names) / 2 + 0.5) * width for x in range(len(groups))], vals, width=width, label=n)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(groups)), groups, rotation=30)
+    ax.set_ylabel("speedup vs AR (tokens/s)")
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -138,6 +173,9 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     files[1].write_text(to_markdown(results))
     plot_tau_speedup(results["methods"], files[2])
     plot_accepted_histogram(results["methods"], files[3])
+    if all("by_group" in m for m in results["methods"].values()):
+        files.append(out / "by_category.png")
+        plot_by_group(results["methods"], files[-1])
     rows = budget_rows(results)
     if len({r["budget"] for r in rows}) > 1:
         files.append(out / "tau_vs_budget.png")

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from training.reference_heads import parse_recipe_overrides
 from vllm_firp.core import FirpHeads
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
+from vllm_firp.registry_models import CATALOG, ensure_registry_model, shipped_heads_dir
 
 from .measure import machine_info, measure, pick_threads
 from .methods import ABLATIONS, MAIN_METHODS, Builder, Options, ablation_methods
@@ -49,11 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", default="micro", choices=["micro", "small"],
                    help="reference model size used for whatever of --model/--heads/--medusa-heads/--prompts is omitted "
                    "(built and cached on first use by training.reference_model / reference_heads)")
-    g.add_argument("--model", type=Path, help="HF model directory (default: the reference model of --size)")
+    g.add_argument("--model", type=Path, help="HF model directory, or a registry model name (smollm2-135m-instruct: "
+                   "fetched and cached like `firp fetch-model`, FIRP heads default to the shipped ones); "
+                   "default: the reference model of --size")
     g.add_argument("--heads", type=Path, help="FIRP heads directory (default: reference FIRP heads of --size)")
     g.add_argument("--medusa-heads", type=Path, help="Medusa heads directory (default: reference Medusa heads)")
     g.add_argument("--prompts", type=Path, help="prompts file (.jsonl with 'prompt' or 'prompt_ids', .json, or text "
                    "lines); default: --num-prompts windows cut from the held-out stdlib files into OUT/prompts.jsonl")
+    g.add_argument("--mt-bench", type=int, metavar="N", help="prompts: the first N questions of each MT-bench "
+                   "category (10 = all 80), first turns through the model's chat template; adds per-category tables")
     g.add_argument("--num-prompts", type=int, default=100, help="prompts to use (the first N of --prompts)")
     g.add_argument("--prompt-tokens", type=int, default=64, help="length of generated held-out prompts, in tokens "
                    "(each ends at the end of the line holding its N-th token)")
@@ -101,8 +106,26 @@ def _log(args: argparse.Namespace, msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[int]], list[list[int]]]:
-    """(measured prompts, calibration prompts) as token ids."""
+def mt_bench_prompts(tokenizer: Any, per_category: int) -> tuple[list[list[int]], list[str], list[list[int]]]:
+    """The first ``per_category`` MT-bench questions of each category (first turns as chat prompts), their
+    categories, and the remaining questions' first turns (never measured: they calibrate the trees)."""
+    from vllm_firp.registry_models import chat_ids, mt_bench_questions
+
+    if not 1 <= per_category <= 10:
+        raise ValueError(f"--mt-bench takes 1..10 questions per category, not {per_category}")
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("--mt-bench needs a chat model: the model directory has no tokenizer with a chat template")
+    chosen: dict[str, list[dict]] = {}
+    rest: list[dict] = []
+    for q in mt_bench_questions():
+        (chosen.setdefault(q["category"], []) if len(chosen.get(q["category"], [])) < per_category else rest).append(q)
+    picked = [q for qs in chosen.values() for q in qs]
+    ids = [chat_ids(tokenizer, q["turns"][0]) for q in picked]
+    return ids, [q["category"] for q in picked], [chat_ids(tokenizer, q["turns"][0]) for q in rest]
+
+
+def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[int]], list[list[int]], list[str] | None]:
+    """(measured prompts, calibration prompts) as token ids, and each prompt's MT-bench category (or None)."""
     from training.data import encode_prompts, read_prompt_records
     from training.reference_model import write_heldout_prompts
 
@@ -110,6 +133,10 @@ def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[i
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError):
         tokenizer = None  # fine for prompt_ids records; text prompts then fail with a clear message
+    if args.mt_bench:
+        prompts, groups, rest = mt_bench_prompts(tokenizer, args.mt_bench)
+        calib = rest[: args.calib_prompts] if args.tree_probs == "calibrated" else []
+        return prompts, calib, groups
     path = args.prompts
     if path is None:
         path = args.out / "prompts.jsonl"
@@ -122,7 +149,7 @@ def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[i
         seen = {tuple(p) for p in prompts}
         calib = [p.ids for p in encode_prompts(read_prompt_records(cpath), tokenizer) if tuple(p.ids) not in seen]
         calib = calib[: args.calib_prompts]
-    return prompts, calib
+    return prompts, calib, None
 
 
 def resolve_paths(args: argparse.Namespace, need_heads: bool) -> dict[str, Path | None]:
@@ -130,6 +157,10 @@ def resolve_paths(args: argparse.Namespace, need_heads: bool) -> dict[str, Path 
     from training.reference_model import ensure_reference_model
 
     progress = not args.quiet
+    if args.model is not None and not args.model.exists() and str(args.model) in CATALOG:
+        name = str(args.model)
+        args.model = ensure_registry_model(name, progress=progress)
+        args.heads = args.heads or shipped_heads_dir(name)
     model = args.model or ensure_reference_model(args.size, progress=progress)
     reference = args.model is None
     recipe = args.heads_recipe
@@ -170,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.medusa import MedusaHeads
 
         medusa_heads = MedusaHeads.from_pretrained(paths["medusa_heads"], model.config, dtype=dtype)
-    prompts, calib = load_prompts(args, Path(paths["model"]))
+    prompts, calib, groups = load_prompts(args, Path(paths["model"]))
     opts = Options(budget=args.budget, pseudo_nodes=args.pseudo_nodes, tree_topk=args.tree_topk,
                    tree_probs=args.tree_probs, calib_prompts=calib,
                    pld_ngram=(args.pld_ngram[0], args.pld_ngram[-1]), pld_depth=args.pld_depth,
@@ -190,11 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {
         "title": f"FIRP ablation: {args.ablation}" if args.ablation else "FIRP vs peers in the reference engine",
         "meta": meta,
-        "settings": {"num_prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+        "settings": {"num_prompts": len(prompts), "prompts": f"MT-bench first turns, {args.mt_bench} per category"
+                     if args.mt_bench else str(args.prompts or "held-out stdlib windows"),
+                     "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
                      "budget": args.budget, "threads": threads, "dtype": dtype_name(dtype),
                      **{k: str(v) if isinstance(v, Path) else v for k, v in paths.items()}},
         "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "methods": measure(methods, prompts, args.max_new_tokens, args.repeats, progress=not args.quiet),
+        "methods": measure(methods, prompts, args.max_new_tokens, args.repeats, progress=not args.quiet,
+                           groups=groups),
     }
     if not args.ablation and args.sweep_budgets and args.sweep_prompts > 0 and (firp_heads or medusa_heads):
         _log(args, f"budget sweep {args.sweep_budgets} on {args.sweep_prompts} prompts")

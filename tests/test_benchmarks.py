@@ -60,6 +60,30 @@ def test_every_drafter_keeps_greedy_output(builder, model):
     assert figures["firp-tree-sparse"]["rows_per_forward"] <= 20 < figures["firp-tree"]["rows_per_forward"]
 
 
+def test_groups_split_the_same_figures(builder, model, tmp_path):
+    """Per-category figures (MT-bench) add up to the overall ones, and the report tables and plots them."""
+    methods = builder.main_methods(["firp-chain", "pld"], random_heads(model), None)
+    groups = ["code", "math", "code"]
+    figures = measure(methods, PROMPTS, max_new_tokens=12, repeats=2, progress=False, groups=groups)
+    for name, f in figures.items():
+        by = f["by_group"]
+        assert list(by) == ["code", "math"] and [g["num_prompts"] for g in by.values()] == [2, 1], name
+        assert sum(g["new_tokens"] for g in by.values()) == f["new_tokens"]
+        assert sum(g["decode_forwards"] for g in by.values()) == f["decode_forwards"], name
+        assert sum(g["tau"] * g["decode_forwards"] for g in by.values()) == pytest.approx(
+            f["tau"] * f["decode_forwards"], rel=1e-3), name  # the same accepted tokens, split by group
+    assert all(g["speedup"] == 1.0 and g["tau"] == 1.0 for g in figures["ar"]["by_group"].values())
+    with pytest.raises(ValueError, match="groups must label every prompt"):
+        measure(methods, PROMPTS, 4, 1, warmup=False, progress=False, groups=["code"])
+    results = {"meta": {"commit": "t", "date": "now", "cpu": "cpu", "cpu_count": 2, "torch": torch.__version__,
+                        "torch_threads": 1, "loadavg": [0, 0, 0]},
+               "settings": {"num_prompts": 3, "max_new_tokens": 12, "repeats": 2}, "methods": figures}
+    files = write_report(results, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Per category" in md and "| math | 1 |" in md and "| **overall** | 3 |" in md
+    assert (tmp_path / "by_category.png") in files and (tmp_path / "by_category.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_prompt_lookup_proposes_the_continuation():
     pld = PromptLookupDrafter(max_ngram=3, min_ngram=1)
     assert pld.lookup([1, 2, 3, 4, 5, 1, 2, 3], 3) == [4, 5, 1]
