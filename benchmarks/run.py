@@ -31,6 +31,7 @@ from vllm_firp.registry_models import CATALOG, ensure_registry_model, shipped_he
 
 from .measure import machine_info, measure, pick_threads
 from .methods import ABLATIONS, MAIN_METHODS, Builder, Options, ablation_methods
+from .mt_bench import mt_bench_prompts
 from .report import write_report
 
 # Recipe fields that mean something for Medusa heads too (data and optimisation, not FIRP wiring).
@@ -104,24 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _log(args: argparse.Namespace, msg: str) -> None:
     if not args.quiet:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def mt_bench_prompts(tokenizer: Any, per_category: int) -> tuple[list[list[int]], list[str], list[list[int]]]:
-    """The first ``per_category`` MT-bench questions of each category (first turns as chat prompts), their
-    categories, and the remaining questions' first turns (never measured: they calibrate the trees)."""
-    from vllm_firp.registry_models import chat_ids, mt_bench_questions
-
-    if not 1 <= per_category <= 10:
-        raise ValueError(f"--mt-bench takes 1..10 questions per category, not {per_category}")
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("--mt-bench needs a chat model: the model directory has no tokenizer with a chat template")
-    chosen: dict[str, list[dict]] = {}
-    rest: list[dict] = []
-    for q in mt_bench_questions():
-        (chosen.setdefault(q["category"], []) if len(chosen.get(q["category"], [])) < per_category else rest).append(q)
-    picked = [q for qs in chosen.values() for q in qs]
-    ids = [chat_ids(tokenizer, q["turns"][0]) for q in picked]
-    return ids, [q["category"] for q in picked], [chat_ids(tokenizer, q["turns"][0]) for q in rest]
 
 
 def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[int]], list[list[int]], list[str] | None]:

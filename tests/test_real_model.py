@@ -24,7 +24,7 @@ def real() -> dict:
     model_dir = ensure_registry_model(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     questions = mt_bench_questions()[:: 80 // NUM_PROMPTS][:NUM_PROMPTS]  # every category
-    return {"model": model_dir, "heads": shipped_heads_dir(MODEL), "questions": questions,
+    return {"model": model_dir, "heads": shipped_heads_dir(MODEL), "questions": questions, "tokenizer": tokenizer,
             "prompts": [chat_ids(tokenizer, q["turns"][0]) for q in questions]}
 
 
@@ -87,3 +87,21 @@ def test_demo_answers_with_firp_identical_to_plain(capsys) -> None:
     report = json.loads(out[out.index("{"):])
     assert report["identical_to_plain"] is True and report["firp"]["new_tokens"] == 32
     assert report["firp"]["mean_accepted_tokens_per_forward"] > 1.25
+
+
+def test_mt_bench_benchmark_prompts_split_by_category(real: dict) -> None:
+    """The benchmark measures N first turns per category and calibrates on the others, never on the same."""
+    from benchmarks.mt_bench import mt_bench_prompts, mt_bench_texts, pick_questions
+
+    ids, categories, rest = mt_bench_prompts(real["tokenizer"], 3)
+    assert len(ids) == 24 and len(rest) == 56 and len(set(categories)) == 8
+    assert all(categories.count(c) == 3 for c in set(categories))
+    assert not {tuple(p) for p in ids} & {tuple(p) for p in rest}
+    texts = mt_bench_texts(real["tokenizer"])
+    assert len(set(texts)) == 80 and all(t.rstrip().endswith("assistant") for t in texts)
+    picked, _ = pick_questions(10)
+    assert len({q["category"] for q in picked[:8]}) == 1  # grouped by category, so texts interleave them
+    with pytest.raises(ValueError, match="10 questions per category"):
+        pick_questions(11)
+    with pytest.raises(ValueError, match="need a chat model"):
+        mt_bench_prompts(None, 2)
