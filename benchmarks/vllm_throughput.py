@@ -1,5 +1,6 @@
 """vLLM serving throughput: no speculation vs vLLM's built-in ngram, FIRP, and our baselines served by vLLM's own
-methods (Medusa heads as ``medusa``, the model's first layers as an early-exit ``draft_model``), per batch size.
+methods (Medusa heads as ``medusa``, the model's first layers as an early-exit ``draft_model``, an EAGLE-3 draft
+as ``eagle3``), per batch size.
 
 Each method runs in its own subprocess (one vLLM engine at a time, a fresh process per engine) on the
 same held-out code prompts; a batch of B prompts is one ``LLM.generate`` call. Per (method, batch
@@ -26,7 +27,7 @@ from typing import Any
 
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
 
-METHODS = ("none", "ngram", "firp", "medusa", "early-exit")  # the last two: vLLM's own medusa / draft_model
+METHODS = ("none", "ngram", "firp", "medusa", "early-exit", "eagle3")  # the last three: vLLM's own methods
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", help="FIRP heads directory (default: training.reference_heads for --size)")
     p.add_argument("--methods", default="none,ngram,firp",
                    help=f"comma-separated subset of {','.join(METHODS)} (default: none,ngram,firp); medusa serves our "
-                   "Medusa heads with vLLM's own 'medusa' method, early-exit the model's first layers with 'draft_model'")
+                   "Medusa heads with vLLM's own 'medusa' method, early-exit the model's first layers with 'draft_model', "
+                   "eagle3 our EAGLE-3 draft with 'eagle3'")
     p.add_argument("--medusa-heads", help="our Medusa heads (default: training.reference_heads medusa for --size)")
+    p.add_argument("--eagle3-heads", help="our EAGLE-3 draft (training.eagle3; default: the cached reference "
+                   "EAGLE-3 draft for --size, trained on first use)")
     p.add_argument("--early-exit-layers", type=int, default=2,
                    help="decoder layers of the early-exit draft (default: 2)")
     p.add_argument("--batch-sizes", default="1,4,16,32", help="comma-separated batch sizes (default: 1,4,16,32)")
@@ -77,8 +81,8 @@ def spec_config(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": args.num_spec_tokens,
                 "prompt_lookup_min": args.ngram_min, "prompt_lookup_max": args.ngram_max, **schedule}
-    if method in ("medusa", "early-exit"):
-        vllm_method = {"medusa": "medusa", "early-exit": "draft_model"}[method]
+    if method in ("medusa", "early-exit", "eagle3"):
+        vllm_method = {"medusa": "medusa", "early-exit": "draft_model", "eagle3": "eagle3"}[method]
         return {"method": vllm_method, "model": args.draft_dir, "num_speculative_tokens": args.num_spec_tokens,
                 **schedule}
     return {"method": "firp", "model": args.heads, "num_speculative_tokens": args.num_spec_tokens, **schedule}
@@ -139,7 +143,7 @@ def resolve_models(args: argparse.Namespace) -> None:
         from vllm_firp.core import FirpConfig
 
         args.num_spec_tokens = FirpConfig.load(args.heads).K if args.heads else 3
-    from training.export_vllm import export_early_exit_draft, export_medusa_for_vllm
+    from training.export_vllm import export_eagle3_for_vllm, export_early_exit_draft, export_medusa_for_vllm
 
     args.draft_dirs = {}
     if "medusa" in args.methods:
@@ -149,6 +153,13 @@ def resolve_models(args: argparse.Namespace) -> None:
             args.medusa_heads = str(ensure_reference_heads(args.size, "medusa"))
         args.draft_dirs["medusa"] = str(export_medusa_for_vllm(args.medusa_heads, args.model,
                                                                args.out / "drafts" / "medusa-vllm"))
+    if "eagle3" in args.methods:
+        if args.eagle3_heads is None:
+            from training.eagle3 import ensure_reference_eagle3
+
+            args.eagle3_heads = str(ensure_reference_eagle3(args.size))
+        args.draft_dirs["eagle3"] = str(export_eagle3_for_vllm(args.eagle3_heads, args.model,
+                                                               args.out / "drafts" / "eagle3-vllm"))
     if "early-exit" in args.methods:
         n = args.early_exit_layers
         args.draft_dirs["early-exit"] = str(export_early_exit_draft(args.model, n, args.out / "drafts" / f"early-exit-{n}"))
@@ -230,7 +241,7 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"none": "tab:gray", "ngram": "tab:blue", "firp": "tab:orange", "medusa": "tab:green",
-              "early-exit": "tab:purple"}
+              "early-exit": "tab:purple", "eagle3": "tab:red"}
     for method in dict.fromkeys(s["method"] for s in summary):
         ss = [s for s in summary if s["method"] == method]
         style = {"marker": "o", "label": method, "color": colors[method]}
@@ -278,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "cpu_count", "torch")},
             "command": "python -m benchmarks.vllm_throughput " + shlex.join(sys.argv[1:]),
             "model": args.model, "heads": args.heads, "drafts": args.draft_dirs, "medusa_heads": args.medusa_heads,
+            "eagle3_heads": args.eagle3_heads,
             "vllm": vllm.__version__, "dtype": args.dtype,
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             "max_tokens": args.max_tokens, "num_spec_tokens": args.num_spec_tokens, "repeats": args.repeats,

@@ -32,10 +32,10 @@ def test_every_method_in_one_run(tmp_path):
     argv = ["--out", str(out), "--model", models.model, "--heads", models.heads, "--batch-sizes", "1,2",
             "--repeats", "1", "--max-tokens", "12", "--prompt-tokens", "32", "--max-model-len", "256",
             "--dtype", "float32", "--kv-cache-gib", "1", "--timeout", "600",
-            "--methods", "none,ngram,firp,medusa,early-exit"]
+            "--methods", "none,ngram,firp,medusa,early-exit,eagle3"]
     assert vllm_throughput.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
-    methods = ("none", "ngram", "firp", "medusa", "early-exit")
+    methods = ("none", "ngram", "firp", "medusa", "early-exit", "eagle3")
     assert res["meta"]["same_text_as_none"] == dict.fromkeys(methods[1:], True)  # greedy: lossless
     assert res["meta"]["commit"] and res["meta"]["command"].startswith("python -m benchmarks.vllm_throughput")
     summary = {(s["method"], s["batch_size"]): s for s in res["summary"]}

@@ -8,12 +8,21 @@
   (``medusa_fc_bias``; vLLM's default is off), tensors ``blocks.{k-1}.layers.0.{weight,bias}``, and one
   shared LM head (``original_lm_head``) that must be a *copy* of the target's: vLLM does not share it,
   and a missing tensor is left uninitialised without any error.
+* ``eagle3``: our EAGLE-3 draft (``training.eagle3``) -> vLLM's ``method: "eagle3"`` checkpoint, read by
+  ``model_executor/models/llama_eagle3.py`` through the plain-config path (``model_type: llama``, architecture
+  ``LlamaForCausalLMEagle3``, one hidden layer): tensors ``fc.weight``, ``midlayer.*`` (vLLM maps them to
+  ``layers.0.*`` and stacks q/k/v and gate/up) and ``norm.weight``; the aux layer ids both top-level (the
+  runner reads them there) and in ``eagle_config`` (the draft sizes ``fc`` from them); ``norm_before_residual``
+  written out (its default differs between vLLM's config paths); ``draft_vocab_size == vocab_size``, so no
+  ``d2t``/``t2d``. No ``lm_head``/``embed_tokens``: without them vLLM shares the target's, which is what the
+  draft was trained with.
 * ``early-exit``: the first N decoder layers of the served model plus its final norm, LM head and
   embeddings, saved as an ordinary HF checkpoint that vLLM's ``method: "draft_model"`` serves (a
   SPEED/LayerSkip-style self-draft with no training).
 
     python -m training.export_vllm medusa --heads H --model M --out O
     python -m training.export_vllm early-exit --model M --layers N --out O
+    python -m training.export_vllm eagle3 --draft D --model M --out O
 """
 
 from __future__ import annotations
@@ -34,11 +43,16 @@ from safetensors.torch import save_file
 
 from vllm_firp.core import FirpCheckpointError
 
+from .eagle3 import FORMAT as EAGLE3_FORMAT
+from .eagle3 import Eagle3Draft
 from .medusa import FORMAT as MEDUSA_FORMAT
 from .medusa import MedusaHeads
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+# Target config fields an EAGLE-3 draft keeps (rotary and context length must match the target's).
+EAGLE3_KEPT = ("max_position_embeddings", "rope_parameters", "rope_theta", "rope_scaling", "bos_token_id",
+               "eos_token_id", "pad_token_id")
 # Files copied verbatim into an early-exit draft (whichever exist).
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
@@ -146,6 +160,52 @@ def export_medusa_for_vllm(heads_dir: str | Path, model_dir: str | Path, out_dir
     return out_dir
 
 
+def _heads_format(heads_dir: Path, want: str) -> None:
+    cfg_path = heads_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{cfg_path} is missing: expected a {want!r} heads directory")
+    try:
+        fmt = json.loads(cfg_path.read_text()).get("format")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ExportError(f"{cfg_path} is not a valid heads config: {e}") from e
+    if fmt != want:
+        raise ExportError(f"{heads_dir} holds {fmt!r} heads, not {want!r}")
+
+
+def export_eagle3_for_vllm(draft_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir`` for ``speculative_config={"method": "eagle3", "model": out_dir, "num_speculative_tokens": K}``.
+
+    K may differ from the draft's TTT steps (vLLM just iterates the layer), but steps past the trained
+    ones were never trained: serve with K <= ``num_steps`` (recorded as ``eagle3_ttt_steps``).
+    """
+    draft_dir, model_dir, out_dir = Path(draft_dir), Path(model_dir), Path(out_dir)
+    _heads_format(draft_dir, EAGLE3_FORMAT)
+    mcfg = _model_config(model_dir)
+    want = SimpleNamespace(**{k: mcfg.get(k) for k in ("hidden_size", "num_hidden_layers", "vocab_size")})
+    # Refuses pickles, missing/extra tensors, bad aux ids, shapes that do not match the model, and NaN/Inf.
+    draft = Eagle3Draft.from_pretrained(draft_dir, model_config=want)
+    c = draft.config
+    ids = list(c.aux_layer_ids)
+    config = {
+        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "num_hidden_layers": 1,
+        **{k: mcfg[k] for k in EAGLE3_KEPT if k in mcfg},
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "hidden_act": c.hidden_act,
+        "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim, "rms_norm_eps": c.rms_norm_eps, "attention_bias": False, "mlp_bias": False,
+        "vocab_size": c.vocab_size, "draft_vocab_size": c.vocab_size, "tie_word_embeddings": False,
+        "dtype": c.dtype, "norm_before_residual": c.norm_before_residual,
+        "eagle_aux_hidden_state_layer_ids": ids,
+        "eagle_config": {"eagle_aux_hidden_state_layer_ids": ids, "use_aux_hidden_state": True,
+                         "norm_before_fc": False},
+        "eagle3_ttt_steps": c.num_steps, "base_model": str(model_dir), "source_draft": str(draft_dir),
+    }
+    tensors = {n: t.detach().contiguous() for n, t in draft.state_dict().items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    return out_dir
+
+
 def export_early_exit_draft(model_dir: str | Path, num_layers: int, out_dir: str | Path) -> Path:
     """Write the first ``num_layers`` decoder layers (+ embeddings, final norm, LM head) as an HF checkpoint.
 
@@ -194,10 +254,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--model", required=True)
     e.add_argument("--layers", type=int, required=True, help="decoder layers to keep (1 .. L-1)")
     e.add_argument("--out", required=True)
+    g = sub.add_parser("eagle3", help="our EAGLE-3 draft -> vLLM's method 'eagle3'")
+    g.add_argument("--draft", required=True, help="EAGLE-3 draft directory (firp train --method eagle3)")
+    g.add_argument("--model", required=True, help="the target model directory (rotary settings are copied)")
+    g.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
-        out = (export_medusa_for_vllm(args.heads, args.model, args.out) if args.cmd == "medusa"
-               else export_early_exit_draft(args.model, args.layers, args.out))
+        if args.cmd == "medusa":
+            out = export_medusa_for_vllm(args.heads, args.model, args.out)
+        elif args.cmd == "eagle3":
+            out = export_eagle3_for_vllm(args.draft, args.model, args.out)
+        else:
+            out = export_early_exit_draft(args.model, args.layers, args.out)
     except FirpCheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

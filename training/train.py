@@ -1,4 +1,4 @@
-"""Train FIRP projection heads (or the Medusa baseline) on a frozen HF causal LM.
+"""Train FIRP projection heads (or the Medusa / EAGLE-3 baselines) on a frozen HF causal LM.
 
     python -m training.train --model MODEL --data data/ --out heads/ --steps 2000
     torchrun --nproc-per-node 8 -m training.train ...        # data-parallel, same flags
@@ -48,7 +48,8 @@ def _int_list(text: str) -> int | list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="firp train",
-        description="Train FIRP pseudo-token projections (or Medusa heads) on a frozen causal LM by distilling "
+        description="Train FIRP pseudo-token projections (or Medusa heads, or an EAGLE-3 draft) on a frozen "
+        "causal LM by distilling "
         "the model's own future next-token distributions.",
     )
     g = p.add_argument_group("inputs and outputs")
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints to keep (0 = all)")
 
     g = p.add_argument_group("heads")
-    g.add_argument("--method", choices=METHODS, default="firp", help="firp (default) or the medusa baseline")
+    g.add_argument("--method", choices=METHODS, default="firp", help="firp (default), or the medusa or eagle3 "
+                   "baseline (eagle3: K = its test-time-training steps = the serving num_speculative_tokens)")
     g.add_argument("--num-future-tokens", "-K", type=int, default=3, help="K: drafted tokens per step (default 3)")
     g.add_argument("--inject-layer", type=_int_list, help="FIRP: layer t after which pseudo tokens enter; one int "
                    "for all, or a comma list t_1,..,t_K (default: ceil(0.75 * num_layers))")
@@ -72,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bias", action="store_true", help="FIRP: projections without bias")
     g.add_argument("--no-pseudo-attend-each-other", action="store_true", help="FIRP ablation: pseudo k does not "
                    "attend to pseudo 1..k-1 of its anchor")
+    g.add_argument("--aux-layers", type=_int_list, help="EAGLE-3: strictly increasing target layer ids whose "
+                   "hidden states the draft reads (default: vLLM's 2,L//2,L-3 when distinct, else 1,L//2,L-1)")
+    g.add_argument("--norm-before-residual", action="store_true", help="EAGLE-3: the draft layer's residual is the "
+                   "normed fc state (vLLM's speculators-config default) rather than the raw one (its plain default)")
 
     g = p.add_argument_group("objective")
     g.add_argument("--loss-weights", help="comma list of K weights w_k for KL(p_{i+k} || q_{i,k}) (default all 1)")
@@ -193,7 +199,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     K = args.num_future_tokens
     firp_kw = dict(inject_layer=args.inject_layer, source=args.source, residual=args.residual,
                    bias=not args.no_bias, pseudo_attend_each_other=not args.no_pseudo_attend_each_other)
-    heads = new_heads(args.method, model.config, K, **firp_kw).to(device).train()
+    aux = [args.aux_layers] if isinstance(args.aux_layers, int) else args.aux_layers
+    eagle3_kw = dict(aux_layer_ids=aux, norm_before_residual=args.norm_before_residual)
+    heads = new_heads(args.method, model.config, K, eagle3_kw, **firp_kw).to(device).train()
     heads.config.base_model = str(args.model)
     weights = _loss_weights(args.loss_weights, K)
     total = args.steps or max(1, math.ceil(args.epochs * len(seqs) / (args.grad_accum * world)))

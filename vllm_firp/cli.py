@@ -117,7 +117,7 @@ TRAINER_COMMANDS = {
     "generate-data": ("generate_data", "self-distill responses to prompts (vLLM offline engine, HF fallback)"),
     "train": ("train", "train FIRP or Medusa heads on self-distilled data"),
     "evaluate": ("evaluate", "per-position top-1/top-5, expected tree tau and cosine-by-layer of trained heads"),
-    "export-vllm": ("export_vllm", "Medusa heads -> vLLM's own 'medusa' method; first N layers -> 'draft_model'"),
+    "export-vllm": ("export_vllm", "our Medusa heads / EAGLE-3 draft -> vLLM's 'medusa' / 'eagle3'; first N layers -> 'draft_model'"),
 }
 
 
