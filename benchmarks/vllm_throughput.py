@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="distinct prompt sets per batch size; medians over them")
     p.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (EOS ignored)")
     p.add_argument("--prompt-tokens", type=int, default=64, help="approximate prompt length in tokens")
+    p.add_argument("--rounds", type=int, default=1, help="run the whole method list this many times, its order "
+                   "reversed every other round (A B C, C B A, ...), so a drifting machine hits every method alike; "
+                   "medians over all rounds and repeats (one engine start per method per round)")
     p.add_argument("--mt-bench", action="store_true", help="prompts: MT-bench's 80 first turns through the model's "
                    "chat template, categories interleaved (instead of held-out code windows)")
     p.add_argument("--num-spec-tokens", type=int, help="draft length for ngram and FIRP (default: the heads' K)")
@@ -173,8 +176,9 @@ def resolve_models(args: argparse.Namespace) -> None:
         args.draft_dirs["early-exit"] = str(export_early_exit_draft(args.model, n, args.out / "drafts" / f"early-exit-{n}"))
 
 
-def run_method(method: str, args: argparse.Namespace, prompts_file: Path) -> list[dict[str, Any]]:
-    result = args.out / f"raw-{method}.json"
+def run_method(method: str, args: argparse.Namespace, prompts_file: Path, round_: int = 0) -> list[dict[str, Any]]:
+    tag = method if round_ == 0 else f"{method}-round{round_ + 1}"
+    result = args.out / f"raw-{tag}.json"
     cmd = [sys.executable, "-m", "benchmarks.vllm_throughput", "--worker", method, "--out", str(args.out),
            "--model", args.model, "--prompts-file", str(prompts_file), "--result-file", str(result),
            "--batch-sizes", ",".join(map(str, args.batch_sizes)), "--repeats", str(args.repeats),
@@ -186,7 +190,7 @@ def run_method(method: str, args: argparse.Namespace, prompts_file: Path) -> lis
     cmd += ["--compile"] if args.compile else []
     cmd += ["--k-schedule", json.dumps(args.k_schedule)] if args.k_schedule else []
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
-    log = args.out / f"{method}.log"
+    log = args.out / f"{tag}.log"
     print(f"[vllm_throughput] {method}: running (log {log})", file=sys.stderr, flush=True)
     load = os.getloadavg()[0]
     with open(log, "wb") as fh:
@@ -197,6 +201,7 @@ def run_method(method: str, args: argparse.Namespace, prompts_file: Path) -> lis
     rows = json.loads(result.read_text())
     for r in rows:  # other processes compete for CPU on shared machines: keep the context
         r["load_avg_1m"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+        r["round"] = round_
     return rows
 
 
@@ -223,7 +228,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta.get('cpu_capability', '?')}, native bf16 {meta.get('cpu_native_bf16', '?')}); {meta['max_tokens']} output tokens per "
         f"request ({meta.get('prompts', 'held-out code windows')}), K={meta['num_spec_tokens']}"
         + (f" (per batch size: {meta['k_schedule']})" if meta.get("k_schedule") else "")
-        + f", medians over {meta['repeats']} prompt sets; FIRP heads "
+        + f", medians over {meta['repeats']} prompt sets x {meta.get('rounds', 1)} round(s) (method order reversed "
+        "every other round); FIRP heads "
         f"{meta['heads']}.", "",
         f"commit `{meta.get('commit', '?')}`, {meta.get('date', '')}; command: `{meta.get('command', '')}`", "",
         "| method | batch | output tok/s | speedup vs none | TPOT (ms) | mean acceptance length |",
@@ -295,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts_file.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     else:
         write_heldout_prompts(prompts_file, max(args.batch_sizes) * args.repeats, args.prompt_tokens, Path(args.model))
-    rows = [r for m in args.methods for r in run_method(m, args, prompts_file)]
+    rows = [r for rnd in range(args.rounds) for m in (args.methods if rnd % 2 == 0 else args.methods[::-1])
+            for r in run_method(m, args, prompts_file, rnd)]
     summary = summarize(rows)
     texts = {m: [r["texts"] for r in rows if r["method"] == m and r["texts"]] for m in args.methods}
     import torch
@@ -310,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             "prompts": "MT-bench first turns (chat template)" if args.mt_bench else "held-out code windows",
             "max_tokens": args.max_tokens, "num_spec_tokens": args.num_spec_tokens, "repeats": args.repeats,
+            "rounds": args.rounds,
             "k_schedule": args.k_schedule,
-            "load_avg_1m": {m: next(r["load_avg_1m"] for r in rows if r["method"] == m) for m in args.methods},
+            "load_avg_1m": {m: [r["load_avg_1m"] for r in rows if r["method"] == m and r["repeat"] == 0][0]
+                            for m in args.methods},
             "same_text_as_none": {m: texts[m] == texts["none"] for m in texts if m != "none" and "none" in texts}}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "raw": rows}, indent=1))
     md = markdown(summary, meta)
