@@ -176,6 +176,13 @@ def resolve_models(args: argparse.Namespace) -> None:
         args.draft_dirs["early-exit"] = str(export_early_exit_draft(args.model, n, args.out / "drafts" / f"early-exit-{n}"))
 
 
+def run_order(methods: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, method) in run order: A B C, then C B A, ... so slow drift of a shared machine hits all alike."""
+    if rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, not {rounds}")
+    return [(rnd, m) for rnd in range(rounds) for m in (methods if rnd % 2 == 0 else methods[::-1])]
+
+
 def run_method(method: str, args: argparse.Namespace, prompts_file: Path, round_: int = 0) -> list[dict[str, Any]]:
     tag = method if round_ == 0 else f"{method}-round{round_ + 1}"
     result = args.out / f"raw-{tag}.json"
@@ -301,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts_file.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     else:
         write_heldout_prompts(prompts_file, max(args.batch_sizes) * args.repeats, args.prompt_tokens, Path(args.model))
-    rows = [r for rnd in range(args.rounds) for m in (args.methods if rnd % 2 == 0 else args.methods[::-1])
-            for r in run_method(m, args, prompts_file, rnd)]
+    rows = [r for rnd, m in run_order(args.methods, args.rounds) for r in run_method(m, args, prompts_file, rnd)]
     summary = summarize(rows)
     texts = {m: [r["texts"] for r in rows if r["method"] == m and r["texts"]] for m in args.methods}
     import torch

@@ -26,6 +26,14 @@ def test_summary_pairs_speedups_per_batch_size():
     assert summary["firp", 4]["speedup"] == pytest.approx(0.5)
 
 
+def test_rounds_reverse_the_method_order_every_other_round():
+    assert vllm_throughput.run_order(["none", "ngram", "firp"], 3) == [
+        (0, "none"), (0, "ngram"), (0, "firp"), (1, "firp"), (1, "ngram"), (1, "none"),
+        (2, "none"), (2, "ngram"), (2, "firp")]
+    with pytest.raises(ValueError, match="at least 1"):
+        vllm_throughput.run_order(["none"], 0)
+
+
 def test_every_method_in_one_run(tmp_path):
     models = dev_models()
     out = tmp_path / "out"
