@@ -35,6 +35,7 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, apply_rotary_pos_emb
 
 from vllm_firp.core import FirpCheckpointError, causal_layout
+from vllm_firp.core.config import shape_mismatches
 from vllm_firp.core.heads import DTYPES, load_checked_weights, save_weights
 from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
 
@@ -107,9 +108,7 @@ class Eagle3Config:
                    base_model=str(getattr(c, "_name_or_path", "") or ""), **kw)
 
     def check_matches(self, model_config: Any) -> None:
-        bad = [f"{n}: draft has {getattr(self, n)}, model has {getattr(model_config, n)}"
-               for n in ("hidden_size", "num_hidden_layers", "vocab_size") if getattr(model_config, n) != getattr(self, n)]
-        if bad:
+        if bad := shape_mismatches(self, model_config, "draft"):
             raise FirpCheckpointError(f"EAGLE-3 draft does not match the model ({'; '.join(bad)}); it was trained "
                                       f"for {self.base_model or 'an unnamed model'}")
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vllm_firp.core import FirpCheckpointError, causal_layout
+from vllm_firp.core.config import shape_mismatches
 from vllm_firp.core.heads import DTYPES, load_checked_weights, save_weights
 from vllm_firp.engine.drafters import DraftContext
 from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
@@ -62,10 +63,7 @@ class MedusaConfig:
                    base_model=str(getattr(model_config, "_name_or_path", "") or ""), **kw)
 
     def check_matches(self, model_config: Any) -> None:
-        bad = [f"{n}: heads have {getattr(self, n)}, model has {getattr(model_config, n)}"
-               for n in ("hidden_size", "num_hidden_layers", "vocab_size")
-               if getattr(model_config, n) != getattr(self, n)]
-        if bad:
+        if bad := shape_mismatches(self, model_config, "heads"):
             raise FirpCheckpointError(f"Medusa heads do not match the model ({'; '.join(bad)}); heads were "
                                       f"trained for {self.base_model or 'an unnamed model'}")
 

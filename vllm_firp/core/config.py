@@ -26,6 +26,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "vocab_size")
+
+
+def shape_mismatches(config: Any, model_config: Any, what: str) -> list[str]:
+    """Fields where a draft ``config`` (FIRP, Medusa, EAGLE-3) disagrees with the served model, described."""
+    return [f"{n}: {what} {'have' if what == 'heads' else 'has'} {getattr(config, n)}, model has {getattr(model_config, n)}"
+            for n in SHAPE_FIELDS if getattr(model_config, n) != getattr(config, n)]
+
+
 @dataclass
 class FirpConfig:
     """Shape and wiring of the K pseudo-token projections.
@@ -111,12 +120,7 @@ class FirpConfig:
 
     def check_matches(self, model_config: Any) -> None:
         """Refuse heads trained for another model shape; names every mismatching field."""
-        problems = []
-        for name in ("hidden_size", "num_hidden_layers", "vocab_size"):
-            served = getattr(model_config, name)
-            if served != getattr(self, name):
-                problems.append(f"{name}: heads have {getattr(self, name)}, model has {served}")
-        if problems:
+        if problems := shape_mismatches(self, model_config, "heads"):
             raise FirpCheckpointError(
                 "FIRP heads do not match the model (" + "; ".join(problems) + f"). Heads were trained for "
                 f"{self.base_model or 'an unnamed model'}; train heads for this model with `python -m training.train`."
