@@ -100,3 +100,19 @@ def engine_metrics(llm) -> dict[str, float]:
         if m.name.startswith(("vllm:spec_decode", "vllm:num_preemptions", "vllm:prefix_cache")):
             out[m.name] = getattr(m, "value", None) if hasattr(m, "value") else list(m.values)
     return out
+
+
+def in_process_reference_models():
+    """The cached reference model and heads for engine tests that reach vLLM's runner in-process; skips without them."""
+    import os
+
+    import pytest
+
+    from benchmarks.devmodels import dev_models
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: the test can reach the runner
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    m = dev_models()
+    if not m.model_source.startswith("reference"):
+        pytest.skip(f"needs the project's reference model (got {m.describe()})")
+    return m

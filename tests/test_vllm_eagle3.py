@@ -10,7 +10,6 @@ that vLLM feeds it the aux layers and computes the layer exactly as it was train
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from tests.helpers import in_process_reference_models  # noqa: E402
 from tests.test_vllm_peers import MAX_TOKENS, _generate, _runner  # noqa: E402
 from training.eagle3 import Eagle3Draft, ensure_reference_eagle3  # noqa: E402
 from training.export_vllm import export_eagle3_for_vllm  # noqa: E402
@@ -32,14 +32,7 @@ MIN_TAU, MAX_BROKEN_TAU = 1.5, 1.35
 
 @pytest.fixture(scope="module")
 def models():
-    from benchmarks.devmodels import dev_models
-
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: the test can reach the runner
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    m = dev_models()
-    if not m.model_source.startswith("reference"):
-        pytest.skip(f"needs the project's reference model (got {m.describe()})")
-    return m
+    return in_process_reference_models()
 
 
 @pytest.fixture(scope="module")

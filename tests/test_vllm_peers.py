@@ -13,7 +13,6 @@ vLLM feeds the heads the target's final-normed state and drafts what our heads d
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from tests.helpers import engine_metrics, shutdown_engine, tiny_model  # noqa: E402
+from tests.helpers import engine_metrics, in_process_reference_models, shutdown_engine, tiny_model  # noqa: E402
 from training import export_vllm  # noqa: E402
 from training.export_vllm import ExportError, export_early_exit_draft, export_medusa_for_vllm  # noqa: E402
 from training.medusa import MedusaConfig, MedusaHeads  # noqa: E402
@@ -129,14 +128,7 @@ def test_cli(tiny, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def models():
-    from benchmarks.devmodels import dev_models
-
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: the test can reach the runner
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    m = dev_models()
-    if not m.model_source.startswith("reference"):
-        pytest.skip(f"needs the project's reference model (got {m.describe()})")
-    return m
+    return in_process_reference_models()
 
 
 @pytest.fixture(scope="module")
