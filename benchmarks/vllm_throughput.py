@@ -93,9 +93,13 @@ def spec_config(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
     return {"method": "firp", "model": args.heads, "num_speculative_tokens": args.num_spec_tokens, **schedule}
 
 
-def _spec_counters(llm: Any) -> tuple[float, float]:
-    values = {m.name: getattr(m, "value", 0.0) for m in llm.get_metrics()}
-    return values.get("vllm:spec_decode_num_drafts", 0.0), values.get("vllm:spec_decode_num_accepted_tokens", 0.0)
+def _spec_counters(llm: Any) -> tuple[float, float, list[float]]:
+    """Drafts, accepted tokens, and accepted tokens per draft position, as vLLM's metrics count them."""
+    metrics = llm.get_metrics()
+    values = {m.name: getattr(m, "value", 0.0) for m in metrics}
+    per_pos = next((list(m.values) for m in metrics if m.name == "vllm:spec_decode_num_accepted_tokens_per_pos"), [])
+    return (values.get("vllm:spec_decode_num_drafts", 0.0), values.get("vllm:spec_decode_num_accepted_tokens", 0.0),
+            per_pos)
 
 
 def _tpot(out: Any, wall: float) -> float:
@@ -118,16 +122,20 @@ def run_worker(args: argparse.Namespace) -> None:
     for b in args.batch_sizes:
         for r in range(args.repeats):
             batch = [prompts[(r * b + i) % len(prompts)] for i in range(b)]
-            d0, a0 = _spec_counters(llm)
+            d0, a0, p0 = _spec_counters(llm)
             t0 = time.perf_counter()
             outs = llm.generate(batch, params, use_tqdm=False)
             wall = time.perf_counter() - t0
-            d1, a1 = _spec_counters(llm)
+            d1, a1, p1 = _spec_counters(llm)
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)
             rows.append({
                 "method": args.worker, "batch_size": b, "repeat": r, "output_tokens": tokens, "seconds": wall,
                 "tokens_per_s": tokens / wall, "tpot_ms": 1000 * statistics.median(_tpot(o, wall) for o in outs),
                 "acceptance_length": 1 + (a1 - a0) / (d1 - d0) if d1 > d0 else None,
+                # share of drafts whose position-k token was accepted, k = 1..K
+                "acceptance_per_position": [round((y - x) / (d1 - d0), 4) for x, y in zip(p0 or [0] * len(p1), p1,
+                                                                                            strict=False)]
+                if d1 > d0 else None,
                 "texts": [o.outputs[0].text for o in outs] if r == 0 else None,
             })
             print(f"[{args.worker}] B={b} r={r}: {tokens / wall:.1f} tok/s", file=sys.stderr, flush=True)
@@ -218,10 +226,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for b in sorted({r["batch_size"] for r in rows if r["method"] == method}):
             rs = [r for r in rows if r["method"] == method and r["batch_size"] == b]
             acc = [r["acceptance_length"] for r in rs if r["acceptance_length"] is not None]
+            per_pos = [r["acceptance_per_position"] for r in rs if r.get("acceptance_per_position")]
             out.append({"method": method, "batch_size": b, "repeats": len(rs),
                         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
                         "tpot_ms": statistics.median(r["tpot_ms"] for r in rs),
-                        "acceptance_length": statistics.median(acc) if acc else None})
+                        "acceptance_length": statistics.median(acc) if acc else None,
+                        "acceptance_per_position": [round(statistics.median(col), 3) for col in zip(*per_pos,
+                                                                                                   strict=True)]
+                        if per_pos else None})
     base = {s["batch_size"]: s["tokens_per_s"] for s in out if s["method"] == "none"}
     for s in out:
         s["speedup"] = s["tokens_per_s"] / base[s["batch_size"]] if s["batch_size"] in base else None
@@ -239,14 +251,15 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "every other round); FIRP heads "
         f"{meta['heads']}.", "",
         f"commit `{meta.get('commit', '?')}`, {meta.get('date', '')}; command: `{meta.get('command', '')}`", "",
-        "| method | batch | output tok/s | speedup vs none | TPOT (ms) | mean acceptance length |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | batch | output tok/s | speedup vs none | TPOT (ms) | mean acceptance length | accepted at k=1..K |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in summary:
         sp = f"{s['speedup']:.2f}x" if s["speedup"] is not None else "-"
         acc = f"{s['acceptance_length']:.2f}" if s["acceptance_length"] is not None else "-"
+        per_pos = " / ".join(f"{a:.2f}" for a in s.get("acceptance_per_position") or []) or "-"
         lines.append(f"| {s['method']} | {s['batch_size']} | {s['tokens_per_s']:.1f} | {sp} | "
-                     f"{s['tpot_ms']:.2f} | {acc} |")
+                     f"{s['tpot_ms']:.2f} | {acc} | {per_pos} |")
     lines += ["", "1-minute load average before/after each method: "
               + ", ".join(f"{m}: {v[0]}/{v[1]}" for m, v in meta["load_avg_1m"].items()) + ".",
               "", "Greedy outputs identical to no speculation (first prompt set of every batch size): "

@@ -54,6 +54,10 @@ def test_every_method_in_one_run(tmp_path):
         assert (s["acceptance_length"] is None) if method == "none" else (
             method == "ngram" or s["acceptance_length"] is not None)
         assert s["acceptance_length"] is None or 1.0 <= s["acceptance_length"] <= 4.0  # K=3: at most 3 + 1
+        per_pos = s["acceptance_per_position"]
+        if per_pos is not None:  # position k is only accepted after 1..k-1; together they make the mean
+            assert len(per_pos) == 3 and per_pos == sorted(per_pos, reverse=True), per_pos
+            assert abs(1 + sum(per_pos) - s["acceptance_length"]) < 0.01, (per_pos, s["acceptance_length"])
     assert all(r["output_tokens"] == 12 * r["batch_size"] for r in res["raw"])
     assert all(f"| {m} | 2 |" in (out / "results.md").read_text() for m in methods)
     assert (out / "throughput.png").read_bytes()[:4] == b"\x89PNG"

@@ -62,7 +62,7 @@ class Tally:
     def add(self, out: DraftOutputs, ids: torch.Tensor, prompt_len: int) -> None:
         T = ids.shape[0]
         idx, valid = out.target_index()  # [K, A]
-        greedy = out.teacher_logits.argmax(-1)  # [T]
+        greedy = out.teacher_greedy()  # [T]
         top = out.draft_logits.topk(self.topk, dim=-1).indices  # [K, A, topk]
         tgt = greedy[idx]
         match = top == tgt[..., None]

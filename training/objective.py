@@ -25,17 +25,22 @@ class DraftOutputs:
     """Draft logits of K positions for A anchors, and the teacher's logits for every real position."""
 
     draft_logits: torch.Tensor  # [K, A, V]
-    teacher_logits: torch.Tensor  # [T, V], detached
+    teacher_logits: torch.Tensor | None  # [T, V], detached; None when the teacher comes from a cache
     anchors: torch.Tensor  # [A] positions
     captured: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, d] (FIRP only)
+    teacher_top: tuple[torch.Tensor, torch.Tensor] | None = None  # cached teacher: top ids, log-probs [T, k]
 
     @property
     def K(self) -> int:  # noqa: N802
         return self.draft_logits.shape[0]
 
+    def teacher_greedy(self) -> torch.Tensor:
+        """The teacher's argmax token at every position [T] (what greedy verification compares with)."""
+        return self.teacher_top[0][:, 0] if self.teacher_logits is None else self.teacher_logits.argmax(-1)
+
     def target_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Index i+k of each pair's teacher ([K, A], clamped) and its validity mask."""
-        T = self.teacher_logits.shape[0]
+        T = (self.teacher_top[0] if self.teacher_logits is None else self.teacher_logits).shape[0]
         ks = torch.arange(1, self.K + 1, device=self.anchors.device)[:, None]
         idx = self.anchors[None, :] + ks
         return idx.clamp(max=T - 1), idx <= T - 1
@@ -104,15 +109,23 @@ class PairStats:
 
 
 def distill_loss(out: DraftOutputs, weights: torch.Tensor) -> tuple[torch.Tensor, PairStats]:
-    """Weighted mean KL(teacher || draft) over valid pairs, and per-position stats (no grad)."""
+    """Weighted mean KL(teacher || draft) over valid pairs, and per-position stats (no grad).
+
+    A cached teacher keeps only its top-k tokens: the KL is then summed over them (the tail it drops
+    carries no gradient), which is the cross-entropy to the teacher's top-k up to a constant.
+    """
     idx, valid = out.target_index()
-    log_p = out.teacher_logits.log_softmax(-1)[idx]  # [K, A, V]
     log_q = out.draft_logits.log_softmax(-1)
-    kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)  # [K, A]
+    if out.teacher_logits is None:
+        top_ids, top_logp = (t[idx] for t in out.teacher_top)  # [K, A, k]
+        kl = (top_logp.exp() * (top_logp - log_q.gather(-1, top_ids))).sum(-1)  # [K, A]
+    else:
+        log_p = out.teacher_logits.log_softmax(-1)[idx]  # [K, A, V]
+        kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)  # [K, A]
     vmask = valid.to(kl.dtype)
     w = weights.to(kl.device, kl.dtype)[:, None]
     loss = (w * kl * vmask).sum() / vmask.sum().clamp(min=1)
     with torch.no_grad():
-        hit = (out.draft_logits.argmax(-1) == out.teacher_logits.argmax(-1)[idx]) & valid
+        hit = (out.draft_logits.argmax(-1) == out.teacher_greedy()[idx]) & valid
         stats = PairStats(vmask.sum(1).cpu(), (kl.detach() * vmask).sum(1).cpu(), hit.sum(1).float().cpu())
     return loss, stats

@@ -38,6 +38,7 @@ from .checkpoint import (
 from .data import DataError, TokenSequence, load_base_model, load_sequences
 from .methods import METHODS, draft_outputs, new_heads
 from .objective import PairStats, distill_loss, sample_anchors
+from .teacher_cache import TeacherCache, cached_draft_outputs
 
 
 def _int_list(text: str) -> int | list[int]:
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--model", required=True, help="HF model directory or id (frozen base model)")
-    g.add_argument("--data", required=True, type=Path, help="data directory from training.generate_data")
+    g.add_argument("--data", type=Path, help="data directory from training.generate_data")
+    g.add_argument("--teacher-cache", type=Path, help="train from a cache built by training.teacher_cache (the "
+                   "teacher pass done once) instead of --data")
     g.add_argument("--out", required=True, type=Path, help="final heads directory (config.json + model.safetensors)")
     g.add_argument("--checkpoint-dir", type=Path, help="trainer checkpoints (default: <out>-checkpoints)")
     g.add_argument("--resume", nargs="?", const="latest", help="resume from a checkpoint directory, or the "
@@ -190,11 +193,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     random.seed(args.seed)
     ckpt_root = args.checkpoint_dir or args.out.with_name(args.out.name + "-checkpoints")
 
-    seqs = [s.window(args.seq_len) for s in load_sequences(args.data, "train", args.holdout_percent)]
+    if (args.data is None) == (args.teacher_cache is None):
+        raise ValueError("give exactly one of --data (teacher run at every step) and --teacher-cache")
+    if args.teacher_cache:
+        seqs: Sequence[Any] = TeacherCache(args.teacher_cache)
+    else:
+        seqs = [s.window(args.seq_len) for s in load_sequences(args.data, "train", args.holdout_percent)]
     model = load_base_model(args.model, args.dtype, attn_implementation="sdpa")
     model.to(device).eval().requires_grad_(False)
     parts = ModelParts.of(model)
-    _check_data(seqs, model.config)
+    if isinstance(seqs, TeacherCache):
+        seqs.check_model(model.config)
+    else:
+        _check_data(seqs, model.config)
 
     K = args.num_future_tokens
     firp_kw = dict(inject_layer=args.inject_layer, source=args.source, residual=args.residual,
@@ -221,6 +232,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     order = DataOrder(len(seqs), args.seed)
     window = PairStats.zeros(K)
     loss_sum, loss_n = 0.0, 0
+    anchors_seen = 0
     last: dict[str, Any] = {}
     log_path = ckpt_root / "train_log.jsonl"
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {args.method}",
@@ -231,7 +243,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             seq = seqs[order(g)]
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + g)
             anchors = sample_anchors(len(seq.ids), seq.prompt_len, args.anchors_per_seq, gen, args.include_prompt)
-            out = draft_outputs(parts, heads, torch.tensor(seq.ids, device=device), anchors)
+            anchors_seen += anchors.numel()
+            if isinstance(seqs, TeacherCache):
+                out = cached_draft_outputs(parts, heads, seq.to(device, model.dtype), anchors)
+            else:
+                out = draft_outputs(parts, heads, torch.tensor(seq.ids, device=device), anchors)
             loss, stats = distill_loss(out, weights)
             (loss / args.grad_accum).backward()
             window.add(stats)
@@ -263,6 +279,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     wall = time.perf_counter() - t_start
     heads.config.training = _recipe(args, len(seqs), total, world, weights, last, wall, model.dtype)
+    heads.config.training["anchors_trained"] = int(_all_reduce(torch.tensor([anchors_seen], device=device), world)[0])
     if rank == 0:
         save_heads_atomic(heads.eval(), args.out)
     _barrier(world)
@@ -307,9 +324,11 @@ def _check_data(seqs: Sequence[TokenSequence], model_config: Any) -> None:
 def _recipe(args: argparse.Namespace, n: int, total: int, world: int, weights: torch.Tensor,
             last: dict[str, Any], wall: float, model_dtype: torch.dtype) -> dict[str, Any]:
     """What made these heads: goes into config.json's ``training`` field."""
+    cache_meta = TeacherCache(args.teacher_cache).meta if args.teacher_cache else {}
     return {
-        "method": args.method, "data": str(args.data), "num_sequences": n, "holdout_percent": args.holdout_percent,
-        "seq_len": args.seq_len, "anchors_per_seq": args.anchors_per_seq, "include_prompt": args.include_prompt,
+        "method": args.method, "data": str(args.data or cache_meta["data"]),
+        "teacher_cache": str(args.teacher_cache) if args.teacher_cache else None, "num_sequences": n, "holdout_percent": args.holdout_percent,
+        "seq_len": cache_meta.get("seq_len", args.seq_len), "anchors_per_seq": args.anchors_per_seq, "include_prompt": args.include_prompt,
         "loss": "KL(teacher p_{i+k} || draft q_{i,k})", "loss_weights": weights.tolist(),
         "steps": total, "grad_accum": args.grad_accum, "world_size": world, "optimizer": "AdamW", "lr": args.lr,
         "schedule": "linear warmup + cosine", "warmup": args.warmup, "min_lr_ratio": args.min_lr_ratio,

@@ -146,3 +146,44 @@ def forward_rows(
         if number in capture_layers:
             captured[number] = h[0]
     return parts.norm(h)[0], captured
+
+
+def pseudo_forward(
+    parts: ModelParts,
+    heads: FirpHeads,
+    layout: StepLayout,
+    anchor_states: dict[int, torch.Tensor],
+    cache: DynamicCache,
+) -> torch.Tensor:
+    """Only the layout's pseudo rows, over real rows that are already in ``cache`` (the trainer's cached teacher).
+
+    ``cache`` holds the K/V of the layout's real rows (positions from 0) in every layer above t_1;
+    ``anchor_states[t]`` is the anchors' residual stream after layer t ([A, d]) for each t a pseudo
+    token is projected from. Same math as the pseudo rows of :func:`forward_rows` (a test holds them
+    equal); returns their final-normed states [K*A, d], k-major.
+    """
+    K, N, A = layout.K, layout.num_real, layout.num_anchors
+    device = next(iter(anchor_states.values())).device
+    offsets = layout.position_offsets.to(device)
+    h: torch.Tensor | None = None
+    for number in range(heads.config.inject_layers[0], parts.num_layers + 1):
+        for k in (k for k in heads.injections_after(number) if k <= K):
+            from_anchor = heads.config.source == "anchor" or k == 1
+            if from_anchor and number not in anchor_states:
+                raise ValueError(f"pseudo {k} is projected from the anchors' states after layer {number}, "
+                                 f"which were not given (have layers {sorted(anchor_states)})")
+            anchor = anchor_states[number][None] if from_anchor else None
+            prev = h[:, (k - 2) * A : (k - 1) * A] if k > 1 and h is not None else None
+            new = heads.pseudo_state(k, heads.source_for(k, anchor, prev))
+            h = new if h is None else torch.cat([h, new], dim=1)
+        if number == parts.num_layers:
+            break
+        r = h.shape[1]
+        mask = layout.mask[N : N + r, : N + r].to(device)
+        window = parts.windows[number]
+        if window is not None:
+            mask &= (offsets[N : N + r, None] - offsets[None, : N + r]) < window
+        cos, sin = parts.rotary(h, offsets[None, N : N + r])
+        h = parts.layers[number](h, attention_mask=mask[None, None], position_embeddings=(cos, sin),
+                                 past_key_values=cache, use_cache=True)
+    return parts.norm(h)[0]
