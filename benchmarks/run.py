@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "fetched and cached like `firp fetch-model`, FIRP heads default to the shipped ones); "
                    "default: the reference model of --size")
     g.add_argument("--heads", type=Path, help="FIRP heads directory (default: reference FIRP heads of --size)")
-    g.add_argument("--medusa-heads", type=Path, help="Medusa heads directory (default: reference Medusa heads)")
+    g.add_argument("--medusa-heads", type=Path, help="Medusa heads directory (default: the shipped ones for a registry model, else reference Medusa heads)")
     g.add_argument("--prompts", type=Path, help="prompts file (.jsonl with 'prompt' or 'prompt_ids', .json, or text "
                    "lines); default: --num-prompts windows cut from the held-out stdlib files into OUT/prompts.jsonl")
     g.add_argument("--mt-bench", type=int, metavar="N", help="prompts: the first N questions of each MT-bench "
@@ -144,6 +144,7 @@ def resolve_paths(args: argparse.Namespace, need_heads: bool) -> dict[str, Path 
         name = str(args.model)
         args.model = ensure_registry_model(name, progress=progress)
         args.heads = args.heads or shipped_heads_dir(name)
+        args.medusa_heads = args.medusa_heads or shipped_heads_dir(name, "medusa")
     model = args.model or ensure_reference_model(args.size, progress=progress)
     reference = args.model is None
     recipe = args.heads_recipe

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(METHODS)} (default: none,ngram,firp); medusa serves our "
                    "Medusa heads with vLLM's own 'medusa' method, early-exit the model's first layers with 'draft_model', "
                    "eagle3 our EAGLE-3 draft with 'eagle3'")
-    p.add_argument("--medusa-heads", help="our Medusa heads (default: training.reference_heads medusa for --size)")
+    p.add_argument("--medusa-heads", help="our Medusa heads (default: the shipped ones for a registry model, else training.reference_heads medusa for --size)")
     p.add_argument("--eagle3-heads", help="our EAGLE-3 draft (training.eagle3; default: the cached reference "
                    "EAGLE-3 draft for --size, trained on first use)")
     p.add_argument("--early-exit-layers", type=int, default=2,
@@ -150,6 +150,7 @@ def resolve_models(args: argparse.Namespace) -> None:
         name = args.model  # a registry model (smollm2-135m-instruct): fetched and cached, with its shipped heads
         args.model = str(ensure_registry_model(name))
         args.heads = args.heads or str(shipped_heads_dir(name))
+        args.medusa_heads = args.medusa_heads or str(shipped_heads_dir(name, "medusa"))
     if args.model is None:
         from training.reference_model import ensure_reference_model
 

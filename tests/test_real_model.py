@@ -54,6 +54,27 @@ def test_reference_engine_greedy_equals_plain_on_mt_bench(real: dict) -> None:
     assert emitted / decode_forwards > 1.25  # tokens per forward (drafts never accepted: 1.0)
 
 
+def test_shipped_medusa_baseline_is_lossless_and_accepted(real: dict) -> None:
+    """The Medusa heads shipped beside FIRP's (same data, same budget) load, validate and draft usefully."""
+    from training.medusa import MedusaDrafter, MedusaHeads
+    from vllm_firp.core import budget_tree
+    from vllm_firp.engine.engine import FirpEngine
+
+    path = shipped_heads_dir(MODEL, "medusa")
+    engine = FirpEngine.from_pretrained(real["model"])
+    heads = MedusaHeads.from_pretrained(path, engine.model.config)
+    assert heads.K == 3 and "python -m training.inject_sweep" in (path / "README.md").read_text()
+    drafter = MedusaDrafter(heads, engine.parts.lm_head)
+    tree = budget_tree(8, heads.K, topk=2)
+    emitted = forwards = 0
+    for ids in real["prompts"][:6]:
+        medusa = engine.generate(ids, NEW_TOKENS // 2, tree=tree, drafter=drafter)
+        assert medusa.tokens == engine.generate(ids, NEW_TOKENS // 2).tokens
+        emitted += sum(medusa.stats.tokens_per_step)
+        forwards += len(medusa.stats.tokens_per_step)
+    assert emitted / forwards > 1.25
+
+
 @pytest.mark.vllm
 def test_vllm_greedy_equals_plain_on_mt_bench(real: dict) -> None:
     pytest.importorskip("vllm")

@@ -25,7 +25,7 @@ from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.inject_sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="firp inject-sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the frozen base model (HF directory)")
     p.add_argument("--teacher-cache", required=True, type=Path, help="cache from training.teacher_cache")
     p.add_argument("--data", required=True, type=Path, help="data directory whose held-out sequences evaluate")
@@ -51,10 +51,10 @@ def _run_one(args: argparse.Namespace, name: str, flags: list[str]) -> str:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     extra = [a for a in args.train_args if a != "--"]
     steps = [
-        (heads / "config.json", [sys.executable, "-m", "training.train", "--model", args.model, "--teacher-cache",
+        (heads / "config.json", [sys.executable, "-m", f"{__package__}.train", "--model", args.model, "--teacher-cache",
                                  str(args.teacher_cache), "--out", str(heads), "--threads", "1", "--quiet",
                                  *flags, *extra]),
-        (ev / "eval.json", [sys.executable, "-m", "training.evaluate", "--model", args.model, "--heads", str(heads),
+        (ev / "eval.json", [sys.executable, "-m", f"{__package__}.evaluate", "--model", args.model, "--heads", str(heads),
                             "--data", str(args.data), "--out-dir", str(ev), "--max-seqs", str(args.eval_max_seqs),
                             "--split", args.eval_split,
                             "--dtype", args.eval_dtype, "--threads", "1", "--quiet"]),

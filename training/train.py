@@ -329,7 +329,8 @@ def _recipe(args: argparse.Namespace, n: int, total: int, world: int, weights: t
         "method": args.method, "data": str(args.data or cache_meta["data"]),
         "teacher_cache": str(args.teacher_cache) if args.teacher_cache else None, "num_sequences": n, "holdout_percent": args.holdout_percent,
         "seq_len": cache_meta.get("seq_len", args.seq_len), "anchors_per_seq": args.anchors_per_seq, "include_prompt": args.include_prompt,
-        "loss": "KL(teacher p_{i+k} || draft q_{i,k})", "loss_weights": weights.tolist(),
+        "loss": "KL(teacher p_{i+k} || draft q_{i,k})"
+        + (f" over the teacher's top-{cache_meta['top_k']} tokens (cached teacher)" if cache_meta else ""), "loss_weights": weights.tolist(),
         "steps": total, "grad_accum": args.grad_accum, "world_size": world, "optimizer": "AdamW", "lr": args.lr,
         "schedule": "linear warmup + cosine", "warmup": args.warmup, "min_lr_ratio": args.min_lr_ratio,
         "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm, "seed": args.seed,

@@ -1,5 +1,6 @@
 """`firp` command line: `firp demo`, `firp generate` on any model + heads, `firp fetch-model`, and the trainer
-(`firp chat-prompts | generate-data | train | evaluate | export-vllm`, each with its own --help)."""
+(`firp chat-prompts | generate-data | teacher-cache | train | inject-sweep | evaluate | export-vllm`, each with
+its own --help)."""
 
 from __future__ import annotations
 
@@ -115,7 +116,9 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
 TRAINER_COMMANDS = {
     "chat-prompts": ("chat_prompts", "write training prompts with an instruct model itself (no benchmark data)"),
     "generate-data": ("generate_data", "self-distill responses to prompts (vLLM offline engine, HF fallback)"),
-    "train": ("train", "train FIRP or Medusa heads on self-distilled data"),
+    "teacher-cache": ("teacher_cache", "run the frozen teacher once over the data; train --teacher-cache reuses it"),
+    "train": ("train", "train FIRP heads (or the Medusa / EAGLE-3 baselines) on self-distilled data"),
+    "inject-sweep": ("inject_sweep", "FIRP at several inject layers plus the baselines, one teacher cache, one table"),
     "evaluate": ("evaluate", "per-position top-1/top-5, expected tree tau and cosine-by-layer of trained heads"),
     "export-vllm": ("export_vllm", "our Medusa heads / EAGLE-3 draft -> vLLM's 'medusa' / 'eagle3'; first N layers -> 'draft_model'"),
 }
