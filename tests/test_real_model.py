@@ -34,7 +34,8 @@ def test_shipped_heads_fit_the_model_and_say_where_they_came_from(real: dict) ->
     heads = FirpHeads.from_pretrained(real["heads"], AutoConfig.from_pretrained(real["model"]))
     assert heads.config.num_hidden_layers == 30 and heads.K >= 3
     readme = (real["heads"] / "README.md").read_text()
-    for needed in ("commit", "python -m training.train", "training.chat_prompts", "MT-bench"):
+    for needed in ("commit", "python -m training.teacher_cache", "python -m training.inject_sweep", "training.chat_prompts",
+                   "MT-bench"):
         assert needed in readme, needed
     assert len({q["category"] for q in real["questions"]}) == 8
 
