@@ -27,7 +27,7 @@ from typing import Any
 
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
 
-METHODS = ("none", "ngram", "firp", "medusa", "early-exit", "eagle3")  # the last three: vLLM's own methods
+METHODS = ("none", "ngram", "firp", "medusa", "early-exit", "eagle3", "suffix")  # after firp: vLLM's own methods
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="none,ngram,firp",
                    help=f"comma-separated subset of {','.join(METHODS)} (default: none,ngram,firp); medusa serves our "
                    "Medusa heads with vLLM's own 'medusa' method, early-exit the model's first layers with 'draft_model', "
-                   "eagle3 our EAGLE-3 draft with 'eagle3'")
+                   "eagle3 our EAGLE-3 draft with 'eagle3', suffix is vLLM's model-free suffix decoding (needs "
+                   "arctic-inference: scripts/build_arctic_inference.sh)")
     p.add_argument("--medusa-heads", help="our Medusa heads (default: the shipped ones for a registry model, else training.reference_heads medusa for --size)")
     p.add_argument("--eagle3-heads", help="our EAGLE-3 draft (training.eagle3; default: the cached reference "
                    "EAGLE-3 draft for --size, trained on first use)")
@@ -86,6 +87,10 @@ def spec_config(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": args.num_spec_tokens,
                 "prompt_lookup_min": args.ngram_min, "prompt_lookup_max": args.ngram_max, **schedule}
+    if method == "suffix":  # needs arctic-inference (scripts/build_arctic_inference.sh builds it for CPU machines)
+        # No cross-request cache: repeated benchmark prompts would otherwise be answered from earlier requests.
+        return {"method": "suffix", "num_speculative_tokens": args.num_spec_tokens,
+                "suffix_decoding_max_cached_requests": 0, **schedule}
     if method in ("medusa", "early-exit", "eagle3"):
         vllm_method = {"medusa": "medusa", "early-exit": "draft_model", "eagle3": "eagle3"}[method]
         return {"method": vllm_method, "model": args.draft_dir, "num_speculative_tokens": args.num_spec_tokens,
@@ -276,7 +281,7 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"none": "tab:gray", "ngram": "tab:blue", "firp": "tab:orange", "medusa": "tab:green",
-              "early-exit": "tab:purple", "eagle3": "tab:red"}
+              "early-exit": "tab:purple", "eagle3": "tab:red", "suffix": "tab:brown"}
     for method in dict.fromkeys(s["method"] for s in summary):
         ss = [s for s in summary if s["method"] == method]
         style = {"marker": "o", "label": method, "color": colors[method]}
