@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers.cache_utils import DynamicCache
 
 from vllm_firp.core import FirpHeads, causal_layout
@@ -87,7 +87,7 @@ class TeacherRecord:
 @torch.no_grad()
 def teacher_record(parts: ModelParts, seq: TokenSequence, layers: Sequence[int], kv_from: int,
                    top_k: int, store_dtype: torch.dtype = torch.bfloat16) -> TeacherRecord:
-    """One causal teacher pass over ``seq``; everything is moved to CPU in ``store_dtype``."""
+    """One causal teacher pass over ``seq``; states and K/V go to CPU in ``store_dtype``."""
     L = parts.num_layers
     device = parts.lm_head.weight.device
     ids = torch.tensor(seq.ids, device=device)
@@ -97,12 +97,7 @@ def teacher_record(parts: ModelParts, seq: TokenSequence, layers: Sequence[int],
     top_logp, top_ids = parts.lm_head(final).float().log_softmax(-1).topk(top_k, dim=-1)
     hidden = {n: captured[n] for n in layers if 0 < n < L} | {L: final}
     kv = {n: (cache.layers[n - 1].keys[0], cache.layers[n - 1].values[0]) for n in range(kv_from + 1, L + 1)}
-    rec = TeacherRecord(seq.key, ids, seq.prompt_len, hidden, kv, top_ids, top_logp)
-    return TeacherRecord(rec.key, rec.ids.cpu(), rec.prompt_len,
-                         {n: h.to("cpu", store_dtype).contiguous() for n, h in rec.hidden.items()},
-                         {n: (k.to("cpu", store_dtype).contiguous(), v.to("cpu", store_dtype).contiguous())
-                          for n, (k, v) in rec.kv.items()},
-                         rec.top_ids.cpu().contiguous(), rec.top_logp.cpu().contiguous())
+    return TeacherRecord(seq.key, ids, seq.prompt_len, hidden, kv, top_ids, top_logp).to("cpu", store_dtype)
 
 
 def save_record(rec: TeacherRecord, path: Path) -> None:
@@ -111,15 +106,15 @@ def save_record(rec: TeacherRecord, path: Path) -> None:
     for n, (k, v) in rec.kv.items():
         tensors[f"key.{n}"], tensors[f"value.{n}"] = k, v
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"key": rec.key, "prompt_len": str(rec.prompt_len)})
+    save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp), metadata={"key": rec.key, "prompt_len": str(rec.prompt_len)})
     os.replace(tmp, path)
 
 
 def load_record(path: Path) -> TeacherRecord:
     try:
-        tensors = load_file(str(path))
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
         hidden = {int(name.split(".")[1]): t for name, t in tensors.items() if name.startswith("hidden.")}
         kv = {int(name.split(".")[1]): (t, tensors[f"value.{name.split('.')[1]}"])
               for name, t in tensors.items() if name.startswith("key.")}

@@ -195,15 +195,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     if (args.data is None) == (args.teacher_cache is None):
         raise ValueError("give exactly one of --data (teacher run at every step) and --teacher-cache")
-    if args.teacher_cache:
-        seqs: Sequence[Any] = TeacherCache(args.teacher_cache)
-    else:
-        seqs = [s.window(args.seq_len) for s in load_sequences(args.data, "train", args.holdout_percent)]
+    cache = TeacherCache(args.teacher_cache) if args.teacher_cache else None
+    seqs: Sequence[Any] = cache if cache is not None else [
+        s.window(args.seq_len) for s in load_sequences(args.data, "train", args.holdout_percent)]
     model = load_base_model(args.model, args.dtype, attn_implementation="sdpa")
     model.to(device).eval().requires_grad_(False)
     parts = ModelParts.of(model)
-    if isinstance(seqs, TeacherCache):
-        seqs.check_model(model.config)
+    if cache is not None:
+        cache.check_model(model.config)
     else:
         _check_data(seqs, model.config)
 
@@ -244,7 +243,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + g)
             anchors = sample_anchors(len(seq.ids), seq.prompt_len, args.anchors_per_seq, gen, args.include_prompt)
             anchors_seen += anchors.numel()
-            if isinstance(seqs, TeacherCache):
+            if cache is not None:
                 out = cached_draft_outputs(parts, heads, seq.to(device, model.dtype), anchors)
             else:
                 out = draft_outputs(parts, heads, torch.tensor(seq.ids, device=device), anchors)
@@ -278,7 +277,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     bar.close()
 
     wall = time.perf_counter() - t_start
-    heads.config.training = _recipe(args, len(seqs), total, world, weights, last, wall, model.dtype)
+    heads.config.training = _recipe(args, len(seqs), total, world, weights, last, wall, model.dtype,
+                                    cache.meta if cache is not None else {})
     heads.config.training["anchors_trained"] = int(_all_reduce(torch.tensor([anchors_seen], device=device), world)[0])
     if rank == 0:
         save_heads_atomic(heads.eval(), args.out)
@@ -322,15 +322,16 @@ def _check_data(seqs: Sequence[TokenSequence], model_config: Any) -> None:
 
 
 def _recipe(args: argparse.Namespace, n: int, total: int, world: int, weights: torch.Tensor,
-            last: dict[str, Any], wall: float, model_dtype: torch.dtype) -> dict[str, Any]:
-    """What made these heads: goes into config.json's ``training`` field."""
-    cache_meta = TeacherCache(args.teacher_cache).meta if args.teacher_cache else {}
+            last: dict[str, Any], wall: float, model_dtype: torch.dtype, cache_meta: dict[str, Any]) -> dict[str, Any]:
+    """What made these heads: goes into config.json's ``training`` field (``cache_meta``: the teacher cache's)."""
     return {
         "method": args.method, "data": str(args.data or cache_meta["data"]),
-        "teacher_cache": str(args.teacher_cache) if args.teacher_cache else None, "num_sequences": n, "holdout_percent": args.holdout_percent,
-        "seq_len": cache_meta.get("seq_len", args.seq_len), "anchors_per_seq": args.anchors_per_seq, "include_prompt": args.include_prompt,
+        "teacher_cache": str(args.teacher_cache) if args.teacher_cache else None, "num_sequences": n,
+        "holdout_percent": args.holdout_percent, "seq_len": cache_meta.get("seq_len", args.seq_len),
+        "anchors_per_seq": args.anchors_per_seq, "include_prompt": args.include_prompt,
         "loss": "KL(teacher p_{i+k} || draft q_{i,k})"
-        + (f" over the teacher's top-{cache_meta['top_k']} tokens (cached teacher)" if cache_meta else ""), "loss_weights": weights.tolist(),
+        + (f" over the teacher's top-{cache_meta['top_k']} tokens (cached teacher)" if cache_meta else ""),
+        "loss_weights": weights.tolist(),
         "steps": total, "grad_accum": args.grad_accum, "world_size": world, "optimizer": "AdamW", "lr": args.lr,
         "schedule": "linear warmup + cosine", "warmup": args.warmup, "min_lr_ratio": args.min_lr_ratio,
         "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm, "seed": args.seed,

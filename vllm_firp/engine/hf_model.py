@@ -103,6 +103,15 @@ def _layer_masks(
     return masks
 
 
+def _rows_per_layer(parts: ModelParts, heads: FirpHeads | None, layout: StepLayout) -> tuple[list[int], list[int]]:
+    """``alive[l]``: pseudo tokens in the stream after layer l; ``rows[i]``: rows layer i+1 runs on (sees alive[i])."""
+    inject = [0] * (parts.num_layers + 1)
+    for t in heads.config.inject_layers[: layout.K] if layout.K else []:
+        inject[t] += 1
+    alive = [sum(inject[: n + 1]) for n in range(parts.num_layers + 1)]
+    return alive, [layout.rows_alive(alive[i]) for i in range(parts.num_layers)]
+
+
 def forward_rows(
     parts: ModelParts,
     input_ids: torch.Tensor,
@@ -120,15 +129,11 @@ def forward_rows(
     """
     if layout.K and heads is None:
         raise ValueError("a layout with pseudo rows needs FIRP heads")
-    K, n_real, A = layout.K, layout.num_real, layout.num_anchors
+    n_real, A = layout.num_real, layout.num_anchors
     past_len = cache_length(cache)
     device = input_ids.device
     positions = past_len + layout.position_offsets.to(device)
-    inject = [0] * (parts.num_layers + 1)  # inject[l] = pseudo tokens alive after layer l
-    for t in heads.config.inject_layers[:K] if K else []:
-        inject[t] += 1
-    alive = [sum(inject[: n + 1]) for n in range(parts.num_layers + 1)]
-    rows_per_layer = [layout.rows_alive(alive[i]) for i in range(parts.num_layers)]  # layer i+1 sees alive[i]
+    alive, rows_per_layer = _rows_per_layer(parts, heads, layout)
     masks = _layer_masks(parts, layout, positions, past_len, rows_per_layer)
 
     h = parts.embed(input_ids)[None]
@@ -165,6 +170,8 @@ def pseudo_forward(
     K, N, A = layout.K, layout.num_real, layout.num_anchors
     device = next(iter(anchor_states.values())).device
     offsets = layout.position_offsets.to(device)
+    _, rows_per_layer = _rows_per_layer(parts, heads, layout)
+    masks = _layer_masks(parts, layout, offsets, 0, rows_per_layer)  # the full pass's masks; we run rows N.. only
     h: torch.Tensor | None = None
     for number in range(heads.config.inject_layers[0], parts.num_layers + 1):
         for k in (k for k in heads.injections_after(number) if k <= K):
@@ -173,17 +180,12 @@ def pseudo_forward(
                 raise ValueError(f"pseudo {k} is projected from the anchors' states after layer {number}, "
                                  f"which were not given (have layers {sorted(anchor_states)})")
             anchor = anchor_states[number][None] if from_anchor else None
-            prev = h[:, (k - 2) * A : (k - 1) * A] if k > 1 and h is not None else None
+            prev = h[:, (k - 2) * A : (k - 1) * A] if k > 1 else None
             new = heads.pseudo_state(k, heads.source_for(k, anchor, prev))
             h = new if h is None else torch.cat([h, new], dim=1)
         if number == parts.num_layers:
             break
-        r = h.shape[1]
-        mask = layout.mask[N : N + r, : N + r].to(device)
-        window = parts.windows[number]
-        if window is not None:
-            mask &= (offsets[N : N + r, None] - offsets[None, : N + r]) < window
-        cos, sin = parts.rotary(h, offsets[None, N : N + r])
-        h = parts.layers[number](h, attention_mask=mask[None, None], position_embeddings=(cos, sin),
+        cos, sin = parts.rotary(h, offsets[None, N : rows_per_layer[number]])
+        h = parts.layers[number](h, attention_mask=masks[number][:, :, N:], position_embeddings=(cos, sin),
                                  past_key_values=cache, use_cache=True)
     return parts.norm(h)[0]
