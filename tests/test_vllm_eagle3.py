@@ -20,7 +20,6 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from tests.helpers import in_process_reference_models  # noqa: E402
 from tests.test_vllm_peers import MAX_TOKENS, _generate, _runner  # noqa: E402
 from training.eagle3 import Eagle3Draft, ensure_reference_eagle3  # noqa: E402
 from training.export_vllm import export_eagle3_for_vllm  # noqa: E402
@@ -31,26 +30,14 @@ MIN_TAU, MAX_BROKEN_TAU = 1.5, 1.35
 
 
 @pytest.fixture(scope="module")
-def models():
-    return in_process_reference_models()
+def baseline(micro_models, micro_code_prompts):
+    return _generate(micro_models, micro_code_prompts, None)
 
 
 @pytest.fixture(scope="module")
-def prompts(models) -> list[str]:
-    from benchmarks.devmodels import code_prompts
-
-    return code_prompts(models, 12, prompt_tokens=64, seed=3)
-
-
-@pytest.fixture(scope="module")
-def baseline(models, prompts):
-    return _generate(models, prompts, None)
-
-
-@pytest.fixture(scope="module")
-def exported(models, tmp_path_factory) -> tuple[Path, Path]:
+def exported(micro_models, tmp_path_factory) -> tuple[Path, Path]:
     draft = ensure_reference_eagle3("micro")
-    return draft, export_eagle3_for_vllm(draft, models.model, tmp_path_factory.mktemp("vllm-eagle3"))
+    return draft, export_eagle3_for_vllm(draft, micro_models.model, tmp_path_factory.mktemp("vllm-eagle3"))
 
 
 def _spec(path: Path) -> dict:
@@ -63,13 +50,13 @@ def _same_greedy(got: dict, baseline: dict) -> None:
     assert all(len(t) == MAX_TOKENS for t in got["tokens"])
 
 
-def test_eagle3_served_by_vllm(models, prompts, baseline, exported):
+def test_eagle3_served_by_vllm(micro_models, micro_code_prompts, baseline, exported):
     from transformers import AutoModelForCausalLM
 
     from vllm_firp.engine.hf_model import ModelParts
 
     draft_dir, out = exported
-    hf = AutoModelForCausalLM.from_pretrained(models.model, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(micro_models.model, dtype=torch.float32).eval()
     ours = Eagle3Draft.from_pretrained(draft_dir, hf.config, dtype=torch.float32)
     records: list[tuple[list[int], list[int]]] = []
 
@@ -101,7 +88,7 @@ def test_eagle3_served_by_vllm(models, prompts, baseline, exported):
 
         runner.drafter.propose = recording_propose
 
-    got = _generate(models, prompts, _spec(out), inspect)
+    got = _generate(micro_models, micro_code_prompts, _spec(out), inspect)
     _same_greedy(got, baseline)
     print(f"\n[vllm-eagle3] mean acceptance length {got['tau']:.3f} ({int(got['accepted'])} accepted / "
           f"{int(got['drafts'])} drafts, per position {got['per_pos']})")
@@ -119,7 +106,7 @@ def test_eagle3_served_by_vllm(models, prompts, baseline, exported):
     assert same >= 0.95 * len(records)
 
 
-def test_broken_export_collapses(models, prompts, baseline, exported, tmp_path):
+def test_broken_export_collapses(micro_models, micro_code_prompts, baseline, exported, tmp_path):
     """Without fc.weight vLLM still loads and serves (silently), but the drafts are garbage: acceptance ~1."""
     _, out = exported
     broken = tmp_path / "no-fc"
@@ -129,13 +116,13 @@ def test_broken_export_collapses(models, prompts, baseline, exported, tmp_path):
     del t["fc.weight"]
     save_file(t, str(broken / "model.safetensors"))
     assert "fc.weight" not in load_file(str(broken / "model.safetensors"))
-    got = _generate(models, prompts, _spec(broken))
+    got = _generate(micro_models, micro_code_prompts, _spec(broken))
     _same_greedy(got, baseline)  # still lossless: verification does not trust drafts
     print(f"\n[vllm-eagle3] without fc.weight: mean acceptance length {got['tau']}")
     assert got["tau"] is None or got["tau"] < MAX_BROKEN_TAU
 
 
-def test_wrong_aux_layer_count_is_refused(models, exported, tmp_path):
+def test_wrong_aux_layer_count_is_refused(micro_models, exported, tmp_path):
     """A config naming 2 aux layers for a 3-layer-wide fc: our exporter's loader refuses it by name."""
     from vllm_firp.core import FirpCheckpointError
 
@@ -146,4 +133,4 @@ def test_wrong_aux_layer_count_is_refused(models, exported, tmp_path):
     (bad / "config.json").write_text(json.dumps({**cfg, "aux_layer_ids": cfg["aux_layer_ids"][:2]}))
     (bad / "model.safetensors").write_bytes((draft_dir / "model.safetensors").read_bytes())
     with pytest.raises(FirpCheckpointError, match="fc.weight has shape"):
-        export_eagle3_for_vllm(bad, models.model, tmp_path / "out")
+        export_eagle3_for_vllm(bad, micro_models.model, tmp_path / "out")

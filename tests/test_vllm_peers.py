@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from tests.helpers import engine_metrics, in_process_reference_models, shutdown_engine, tiny_model  # noqa: E402
+from tests.helpers import engine_metrics, shutdown_engine, tiny_model  # noqa: E402
 from training import export_vllm  # noqa: E402
 from training.export_vllm import ExportError, export_early_exit_draft, export_medusa_for_vllm  # noqa: E402
 from training.medusa import MedusaConfig, MedusaHeads  # noqa: E402
@@ -128,18 +128,6 @@ def test_cli(tiny, tmp_path, capsys):
 # ------------------------------------------------------------------------- slow: vLLM engines
 
 
-@pytest.fixture(scope="module")
-def models():
-    return in_process_reference_models()
-
-
-@pytest.fixture(scope="module")
-def prompts(models) -> list[str]:
-    from benchmarks.devmodels import code_prompts
-
-    return code_prompts(models, 12, prompt_tokens=64, seed=3)
-
-
 def _runner(llm):
     return llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
 
@@ -164,8 +152,8 @@ def _generate(models, prompts, spec, inspect=None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def baseline(models, prompts):
-    return _generate(models, prompts, None)
+def baseline(micro_models, micro_code_prompts):
+    return _generate(micro_models, micro_code_prompts, None)
 
 
 def _check_peer(name: str, got: dict, baseline: dict) -> None:
@@ -177,7 +165,7 @@ def _check_peer(name: str, got: dict, baseline: dict) -> None:
     assert got["drafts"] > 0 and got["tau"] > MIN_TAU[name], f"{name}: acceptance {got['tau']} (broken export?)"
 
 
-def test_medusa_served_by_vllm(models, prompts, baseline, tmp_path_factory):
+def test_medusa_served_by_vllm(micro_models, micro_code_prompts, baseline, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     from training.medusa import MedusaDrafter
@@ -186,8 +174,8 @@ def test_medusa_served_by_vllm(models, prompts, baseline, tmp_path_factory):
     from vllm_firp.engine.engine import FirpEngine
 
     heads_dir = ensure_reference_heads("micro", "medusa")
-    out = export_medusa_for_vllm(heads_dir, models.model, tmp_path_factory.mktemp("vllm-medusa"))
-    hf = AutoModelForCausalLM.from_pretrained(models.model, dtype=torch.float32).eval()
+    out = export_medusa_for_vllm(heads_dir, micro_models.model, tmp_path_factory.mktemp("vllm-medusa"))
+    hf = AutoModelForCausalLM.from_pretrained(micro_models.model, dtype=torch.float32).eval()
     heads = MedusaHeads.from_pretrained(heads_dir, hf.config, dtype=torch.float32)
     records: list[tuple[list[int], torch.Tensor, list[int]]] = []
 
@@ -214,7 +202,8 @@ def test_medusa_served_by_vllm(models, prompts, baseline, tmp_path_factory):
 
         runner.drafter.propose = recording_propose
 
-    got = _generate(models, prompts, {"method": "medusa", "model": str(out), "num_speculative_tokens": K}, inspect)
+    spec = {"method": "medusa", "model": str(out), "num_speculative_tokens": K}
+    got = _generate(micro_models, micro_code_prompts, spec, inspect)
     _check_peer("medusa", got, baseline)
 
     # vLLM feeds the heads the final-normed state of the anchor, and drafts what our heads draft from it.
@@ -243,29 +232,29 @@ def test_medusa_served_by_vllm(models, prompts, baseline, tmp_path_factory):
     assert abs(got["tau"] - ref) <= 0.05 * ref
 
 
-def test_early_exit_draft_served_by_vllm(models, prompts, baseline, tmp_path_factory):
+def test_early_exit_draft_served_by_vllm(micro_models, micro_code_prompts, baseline, tmp_path_factory):
     from safetensors import safe_open
 
     n = 2
-    out = export_early_exit_draft(models.model, n, tmp_path_factory.mktemp("vllm-early-exit"))
+    out = export_early_exit_draft(micro_models.model, n, tmp_path_factory.mktemp("vllm-early-exit"))
 
     def inspect(llm):
         dm = _runner(llm).drafter.model
         assert len(dm.model.layers) == n
-        with safe_open(str(Path(models.model) / "model.safetensors"), "pt") as f:
+        with safe_open(str(Path(micro_models.model) / "model.safetensors"), "pt") as f:
             # Decoder-layer linears are repacked by the CPU backend (their .weight reads empty); these are not.
             for name in ("lm_head.weight", "model.norm.weight", "model.embed_tokens.weight",
                          "model.layers.1.input_layernorm.weight"):
                 param = dict(dm.named_parameters())[name]
                 assert torch.equal(param[: f.get_slice(name).get_shape()[0]], f.get_tensor(name)), name
 
-    got = _generate(models, prompts, {"method": "draft_model", "model": str(out), "num_speculative_tokens": K},
-                    inspect)
+    spec = {"method": "draft_model", "model": str(out), "num_speculative_tokens": K}
+    got = _generate(micro_models, micro_code_prompts, spec, inspect)
     _check_peer("early_exit", got, baseline)
 
 
-def test_suffix_decoding_served_by_vllm(models, prompts, baseline):
+def test_suffix_decoding_served_by_vllm(micro_models, micro_code_prompts, baseline):
     pytest.importorskip("arctic_inference.suffix_decoding",
                         reason="arctic-inference is not installed (scripts/build_arctic_inference.sh)")
     spec = {"method": "suffix", "num_speculative_tokens": K, "suffix_decoding_max_cached_requests": 0}
-    _check_peer("suffix", _generate(models, prompts, spec), baseline)
+    _check_peer("suffix", _generate(micro_models, micro_code_prompts, spec), baseline)

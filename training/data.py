@@ -288,6 +288,12 @@ def load_base_model(model: str, dtype: Any = "auto", **kw: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(model, dtype=model_dtype(model, dtype), **kw)
 
 
+def load_frozen_model(model: str, dtype: Any = "auto", device: Any = "cpu") -> Any:
+    """The base model as teacher / target of drafter training and evaluation: sdpa attention, eval mode, no
+    gradients, on ``device``."""
+    return load_base_model(model, dtype, attn_implementation="sdpa").to(device).eval().requires_grad_(False)
+
+
 def load_sequences(
     path: str | Path, split: str = "train", holdout_percent: float = 0.0, min_len: int = 2
 ) -> list[TokenSequence]:

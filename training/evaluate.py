@@ -34,7 +34,7 @@ from vllm_firp.core import (
 from vllm_firp.core.precision import DTYPE_CHOICES
 from vllm_firp.engine.hf_model import ModelParts
 
-from .data import TokenSequence, load_base_model, load_sequences
+from .data import TokenSequence, load_frozen_model, load_sequences
 from .methods import Heads, draft_outputs, load_heads, method_of
 from .objective import DraftOutputs, sample_anchors
 
@@ -278,10 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_base_model(args.model, args.dtype, attn_implementation="sdpa")
-    model.eval().requires_grad_(False)
-    if torch.cuda.is_available():
-        model.to("cuda")
+    model = load_frozen_model(args.model, args.dtype, "cuda" if torch.cuda.is_available() else "cpu")
     heads = load_heads(args.heads, model.config)
     holdout = args.holdout_percent
     if holdout is None:

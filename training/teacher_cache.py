@@ -39,7 +39,7 @@ from vllm_firp.core import FirpHeads, causal_layout
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name
 from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache, pseudo_forward
 
-from .data import DataError, TokenSequence, load_base_model, load_sequences
+from .data import DataError, TokenSequence, load_frozen_model, load_sequences
 from .objective import DraftOutputs
 
 FORMAT = "firp-teacher-cache"
@@ -221,8 +221,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = load_base_model(args.model, args.dtype, attn_implementation="sdpa")
-    model.eval().requires_grad_(False)
+    model = load_frozen_model(args.model, args.dtype)
     parts, cfg = ModelParts.of(model), model.config
     L = cfg.num_hidden_layers
     layers = sorted({int(v) for v in args.layers.split(",")})

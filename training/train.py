@@ -35,7 +35,7 @@ from .checkpoint import (
     save_checkpoint,
     save_heads_atomic,
 )
-from .data import DataError, TokenSequence, load_base_model, load_sequences
+from .data import DataError, TokenSequence, load_frozen_model, load_sequences
 from .methods import METHODS, draft_outputs, new_heads
 from .objective import PairStats, distill_loss, sample_anchors
 from .teacher_cache import TeacherCache, cached_draft_outputs
@@ -198,8 +198,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     cache = TeacherCache(args.teacher_cache) if args.teacher_cache else None
     seqs: Sequence[Any] = cache if cache is not None else [
         s.window(args.seq_len) for s in load_sequences(args.data, "train", args.holdout_percent)]
-    model = load_base_model(args.model, args.dtype, attn_implementation="sdpa")
-    model.to(device).eval().requires_grad_(False)
+    model = load_frozen_model(args.model, args.dtype, device)
     parts = ModelParts.of(model)
     if cache is not None:
         cache.check_model(model.config)
