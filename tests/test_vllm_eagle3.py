@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from tests.test_vllm_peers import MAX_TOKENS, _generate, _runner  # noqa: E402
+from tests.test_vllm_peers import _generate, _runner, _same_greedy  # noqa: E402
 from training.eagle3 import Eagle3Draft, ensure_reference_eagle3  # noqa: E402
 from training.export_vllm import export_eagle3_for_vllm  # noqa: E402
 
@@ -42,12 +42,6 @@ def exported(micro_models, tmp_path_factory) -> tuple[Path, Path]:
 
 def _spec(path: Path) -> dict:
     return {"method": "eagle3", "model": str(path), "num_speculative_tokens": K}
-
-
-def _same_greedy(got: dict, baseline: dict) -> None:
-    bad = [i for i, (g, w) in enumerate(zip(got["tokens"], baseline["tokens"], strict=True)) if g != w]
-    assert not bad, f"{len(bad)} of {len(got['tokens'])} greedy outputs differ from no speculation"
-    assert all(len(t) == MAX_TOKENS for t in got["tokens"])
 
 
 def test_eagle3_served_by_vllm(micro_models, micro_code_prompts, baseline, exported):

@@ -156,10 +156,14 @@ def baseline(micro_models, micro_code_prompts):
     return _generate(micro_models, micro_code_prompts, None)
 
 
-def _check_peer(name: str, got: dict, baseline: dict) -> None:
+def _same_greedy(got: dict, baseline: dict, name: str = "") -> None:
     bad = [i for i, (g, w) in enumerate(zip(got["tokens"], baseline["tokens"], strict=True)) if g != w]
-    assert not bad, f"{name}: {len(bad)} of {len(got['tokens'])} greedy outputs differ from no speculation"
+    assert not bad, f"{name}{': ' if name else ''}{len(bad)} of {len(got['tokens'])} greedy outputs differ from no speculation"
     assert all(len(t) == MAX_TOKENS for t in got["tokens"])
+
+
+def _check_peer(name: str, got: dict, baseline: dict) -> None:
+    _same_greedy(got, baseline, name)
     print(f"\n[vllm-peers] {name}: mean acceptance length {got['tau']:.3f} ({int(got['accepted'])} accepted / "
           f"{int(got['drafts'])} drafts, per position {got['per_pos']})")
     assert got["drafts"] > 0 and got["tau"] > MIN_TAU[name], f"{name}: acceptance {got['tau']} (broken export?)"
