@@ -27,11 +27,12 @@ from .generate_data import GenerationSettings, load_tokenizer, make_backend
 PLACEHOLDER = "\u2063FIRP\u2063"  # never produced by a template itself
 
 
-def user_turn_prefix(tokenizer: Any) -> list[int]:
-    """Token ids of the chat template up to where the first user message's text begins."""
+def user_turn_prefix(tokenizer: Any, history: Sequence[dict[str, str]] = ()) -> list[int]:
+    """Token ids of the chat template, after the turns of ``history``, up to where the next user message's text
+    begins."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("the model's tokenizer has no chat template: chat prompts need an instruct model")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": PLACEHOLDER}], tokenize=False)
+    text = tokenizer.apply_chat_template([*history, {"role": "user", "content": PLACEHOLDER}], tokenize=False)
     if PLACEHOLDER not in text:
         raise DataError("the chat template does not show the user's message verbatim")
     return tokenizer(text[: text.index(PLACEHOLDER)], add_special_tokens=False)["input_ids"]

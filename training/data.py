@@ -49,9 +49,15 @@ def _key(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def split_group(key: str) -> str:
+    """The part of a key that decides its split: ``root/variant`` and ``root.suffix`` keys (answers, passage
+    prompts and follow-ups of one conversation, ``training.build_dataset``) share their root's side."""
+    return key.split("/")[0].split(".")[0]
+
+
 def is_heldout(key: str, percent: float) -> bool:
-    """Deterministic split by key: about ``percent`` % of sequences are held out for evaluation."""
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 10000 < percent * 100
+    """Deterministic split by key group: about ``percent`` % of sequences are held out for evaluation."""
+    return int(hashlib.sha1(split_group(key).encode()).hexdigest()[:8], 16) % 10000 < percent * 100
 
 
 # ------------------------------------------------------------------------------------- prompts

@@ -76,8 +76,10 @@ class HFBackend:
         self.pad = int(pad if pad is not None else min(self.eos, default=0))
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Prompt]) -> list[tuple[list[int], str]]:
-        s = self.settings
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings | None = None
+                 ) -> list[tuple[list[int], str]]:
+        """(response ids, "stop" | "length") per prompt, with ``settings`` (default: the backend's)."""
+        s = settings or self.settings
         width = max(len(p.ids) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -118,11 +120,13 @@ class VllmBackend:
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self.settings = settings
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[tuple[list[int], str]]:
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings | None = None
+                 ) -> list[tuple[list[int], str]]:
+        """(response ids, "stop" | "length") per prompt, with ``settings`` (default: the backend's)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        s = self.settings
+        s = settings or self.settings
         params = [
             SamplingParams(
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else -1,

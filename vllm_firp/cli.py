@@ -115,6 +115,7 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
 # `firp <command> ARGS...` runs the trainer's module with ARGS (its own --help lists them).
 TRAINER_COMMANDS = {
     "chat-prompts": ("chat_prompts", "write training prompts with an instruct model itself (no benchmark data)"),
+    "build-dataset": ("build_dataset", "steered self-written prompts + the model's own answers at scale (resumable)"),
     "generate-data": ("generate_data", "self-distill responses to prompts (vLLM offline engine, HF fallback)"),
     "teacher-cache": ("teacher_cache", "run the frozen teacher once over the data; train --teacher-cache reuses it"),
     "train": ("train", "train FIRP heads (or the Medusa / EAGLE-3 baselines) on self-distilled data"),
