@@ -180,7 +180,7 @@ def resolve_models(args: argparse.Namespace) -> None:
                                                                args.out / "drafts" / "medusa-vllm"))
     if "eagle3" in args.methods:
         if args.eagle3_heads is None:
-            from training.eagle3 import ensure_reference_eagle3
+            from training.reference_heads import ensure_reference_eagle3
 
             args.eagle3_heads = str(ensure_reference_eagle3(args.size))
         args.draft_dirs["eagle3"] = str(export_eagle3_for_vllm(args.eagle3_heads, args.model,

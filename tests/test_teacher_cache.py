@@ -11,7 +11,7 @@ import torch
 from tests.test_training import save_model, write_prompts
 from training import generate_data, teacher_cache, train
 from training.data import DataError, load_base_model, load_sequences
-from training.methods import draft_outputs, new_heads
+from training.methods import cached_draft_outputs, draft_outputs, new_heads
 from training.objective import distill_loss
 from vllm_firp.engine.hf_model import ModelParts
 
@@ -41,7 +41,7 @@ def _trained_heads(method: str, config, **kw):
 @pytest.mark.parametrize(("method", "kw"), [
     ("firp", {"inject_layer": 1}), ("firp", {"inject_layer": 2}), ("firp", {"inject_layer": [1, 2, 2]}),
     ("firp", {"inject_layer": [1, 2, 2], "source": "anchor"}), ("medusa", {}),
-    ("eagle3", {"eagle3_kw": {"aux_layer_ids": [0, 1, 2]}}),
+    ("eagle3", {"aux_layer_ids": [0, 1, 2]}),
 ])
 def test_cached_drafts_equal_the_full_pass(root: Path, method: str, kw: dict) -> None:
     model = load_base_model(str(root / "model"), "float32", attn_implementation="sdpa")
@@ -54,7 +54,7 @@ def test_cached_drafts_equal_the_full_pass(root: Path, method: str, kw: dict) ->
         rec = cache[i]
         assert rec.key == seqs[i].key and rec.ids.tolist() == seqs[i].ids
         dense = draft_outputs(parts, heads, torch.tensor(seqs[i].ids), anchors)
-        cached = teacher_cache.cached_draft_outputs(parts, heads, rec, anchors)
+        cached = cached_draft_outputs(parts, heads, rec, anchors)
         torch.testing.assert_close(cached.draft_logits, dense.draft_logits, atol=1e-4, rtol=1e-4)
         assert torch.equal(cached.teacher_greedy(), dense.teacher_greedy())
         w = torch.ones(3)
@@ -67,7 +67,7 @@ def test_anchor_source_needs_its_layers(root: Path) -> None:
     heads = new_heads("firp", model.config, 3, inject_layer=[1, 2, 3], source="anchor")
     rec = teacher_cache.TeacherCache(root / "cache")[0]
     with pytest.raises(DataError, match="no hidden states after layer 3"):
-        teacher_cache.cached_draft_outputs(ModelParts.of(model), heads, rec, torch.tensor([2]))
+        cached_draft_outputs(ModelParts.of(model), heads, rec, torch.tensor([2]))
     with pytest.raises(DataError, match="K/V for layers 2..4"):
         rec.cache_from(0)  # pseudo tokens entering after layer 0 would attend to layer 1's K/V
 

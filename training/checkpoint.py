@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vllm_firp.core import FirpCheckpointError
-from vllm_firp.core.heads import load_checked_weights
+from vllm_firp.core.checkpoint import load_checked_weights
 
 STATE = "trainer_state.pt"
 PREFIX = "step-"

@@ -1,7 +1,7 @@
 """EAGLE-3 baseline: a one-decoder-layer draft on three of the target's hidden states, trained with TTT.
 
 The math mirrors vLLM 0.32's ``model_executor/models/llama_eagle3.py`` (plain-config path), so the
-exported draft (``training.export_vllm.export_eagle3_for_vllm``) computes in vLLM what it learnt here:
+exported draft (:func:`export_eagle3_for_vllm`) computes in vLLM what it learnt here:
 
 * ``fc``: the target's residual streams after the ``aux_layer_ids`` layers (vLLM's aux hidden states,
   concatenated in ascending layer order, [n*d]) -> d, no bias.
@@ -20,30 +20,33 @@ in :class:`DraftOutputs` terms: draft k predicts x_{p+k+1}; the loss is the shar
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, apply_rotary_pos_emb
 
-from vllm_firp.core import FirpCheckpointError, causal_layout
-from vllm_firp.core.config import shape_mismatches
-from vllm_firp.core.heads import DTYPES, load_checked_weights, save_weights
+from vllm_firp.core import DraftConfig, DraftModule, FirpCheckpointError, causal_layout
 from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
 
+from .draft_kind import DraftKind
+from .export_inputs import WEIGHTS, check_heads_format, model_config_json, model_shape
 from .objective import DraftOutputs
+
+if TYPE_CHECKING:
+    from .teacher_cache import TeacherRecord
 
 FORMAT = "eagle3"
 FORMAT_VERSION = 1
-CODE_VERSION = "1"  # part of the reference drafts' cache key
+# Target config fields an EAGLE-3 draft keeps (rotary and context length must match the target's).
+EAGLE3_KEPT = ("max_position_embeddings", "rope_parameters", "rope_theta", "rope_scaling", "bos_token_id",
+               "eos_token_id", "pad_token_id")
 
 
 def default_aux_layers(num_layers: int) -> tuple[int, ...]:
@@ -55,7 +58,7 @@ def default_aux_layers(num_layers: int) -> tuple[int, ...]:
 
 
 @dataclass
-class Eagle3Config:
+class Eagle3Config(DraftConfig):
     hidden_size: int
     num_hidden_layers: int  # the target's L (aux ids are in [0, L])
     vocab_size: int
@@ -74,15 +77,16 @@ class Eagle3Config:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
-    def __post_init__(self) -> None:
-        if self.format != FORMAT or self.format_version != FORMAT_VERSION:
-            raise FirpCheckpointError(f"not an EAGLE-3 draft config (format={self.format!r} v{self.format_version}, "
-                                      f"expected {FORMAT!r} v{FORMAT_VERSION})")
-        for name in ("hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads", "num_key_value_heads",
-                     "head_dim", "intermediate_size", "num_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise FirpCheckpointError(f"invalid EAGLE-3 config: {name} must be a positive integer, got {value!r}")
+    FORMAT = FORMAT
+    FORMAT_VERSION = FORMAT_VERSION
+    TITLE = "EAGLE-3 draft"
+    NOUN = "draft"
+    K_FIELD = "num_steps"
+    POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads", "num_key_value_heads",
+                     "head_dim", "intermediate_size", "num_steps")
+
+    def validate(self) -> None:
+        super().validate()
         ids, L = list(self.aux_layer_ids), self.num_hidden_layers
         if (not ids or any(isinstance(t, bool) or not isinstance(t, int) for t in ids)
                 or any(not 0 <= t <= L for t in ids) or any(a >= b for a, b in zip(ids, ids[1:], strict=False))):
@@ -91,10 +95,6 @@ class Eagle3Config:
         if self.num_attention_heads % self.num_key_value_heads:
             raise FirpCheckpointError("num_attention_heads must be a multiple of num_key_value_heads")
         self.aux_layer_ids = ids
-
-    @property
-    def K(self) -> int:  # noqa: N802
-        return self.num_steps
 
     @classmethod
     def for_model(cls, model_config: Any, num_steps: int = 3, aux_layer_ids: Any = None, **kw: Any) -> Eagle3Config:
@@ -106,15 +106,6 @@ class Eagle3Config:
                    num_steps, list(ids), rms_norm_eps=float(getattr(c, "rms_norm_eps", 1e-6)),
                    hidden_act=getattr(c, "hidden_act", "silu"),
                    base_model=str(getattr(c, "_name_or_path", "") or ""), **kw)
-
-    def check_matches(self, model_config: Any) -> None:
-        if bad := shape_mismatches(self, model_config, "draft"):
-            raise FirpCheckpointError(f"EAGLE-3 draft does not match the model ({'; '.join(bad)}); it was trained "
-                                      f"for {self.base_model or 'an unnamed model'}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {"format": d.pop("format"), "format_version": d.pop("format_version"), **d}
 
 
 class Eagle3Attention(nn.Module):
@@ -168,12 +159,14 @@ class Eagle3Layer(nn.Module):
         return self.mlp(self.post_attention_layernorm(residual)) + residual, k, v  # = vLLM's final-norm input
 
 
-class Eagle3Draft(nn.Module):
+class Eagle3Draft(DraftModule):
     """fc + one decoder layer + final norm; embeddings, rotary and LM head are the target's (passed in)."""
 
+    config_class = Eagle3Config
+    config: Eagle3Config
+
     def __init__(self, config: Eagle3Config) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         d = config.hidden_size
         self.fc = nn.Linear(len(config.aux_layer_ids) * d, d, bias=False)
         self.midlayer = Eagle3Layer(config)
@@ -181,10 +174,6 @@ class Eagle3Draft(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
-
-    @property
-    def K(self) -> int:  # noqa: N802
-        return self.config.K
 
     def ttt_logits(self, parts: ModelParts, ids: torch.Tensor, aux: torch.Tensor, anchors: torch.Tensor,
                    feed_drafts: bool = False) -> torch.Tensor:
@@ -229,31 +218,6 @@ class Eagle3Draft(nn.Module):
         anchor = torch.tensor([len(context) - 2])
         return self.ttt_logits(parts, ids, aux[:-1], anchor, feed_drafts=True)[:, 0].argmax(-1).tolist()
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
-        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        save_weights(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, model_config: Any | None = None,
-                        dtype: torch.dtype | None = None) -> Eagle3Draft:
-        """Load and validate (config fields, model shape, missing/extra tensors, shapes, NaN/Inf, no pickles)."""
-        directory = Path(directory)
-        cfg_path = directory / "config.json"
-        if not cfg_path.is_file():
-            raise FirpCheckpointError(f"{cfg_path} is missing: an EAGLE-3 draft needs config.json")
-        try:
-            config = Eagle3Config(**json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise FirpCheckpointError(f"{cfg_path} is not a valid EAGLE-3 config: {e}") from e
-        if model_config is not None:
-            config.check_matches(model_config)
-        draft = cls(config)
-        draft.load_state_dict(load_checked_weights(directory, draft))
-        return draft.to(dtype or DTYPES[config.dtype]).eval()
-
 
 def aux_states(parts: ModelParts, ids: torch.Tensor, layer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher pass (no grad): final-normed states [T, d] and the concatenated aux states [T, n*d]."""
@@ -271,38 +235,55 @@ def eagle3_outputs(parts: ModelParts, draft: Eagle3Draft, ids: torch.Tensor, anc
     return DraftOutputs(draft.ttt_logits(parts, ids, aux[:-1], anchors), teacher, anchors.to(ids.device))
 
 
-# ------------------------------------------------------------------------------ cached reference drafts
+def export_eagle3_for_vllm(draft_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir`` for ``speculative_config={"method": "eagle3", "model": out_dir, "num_speculative_tokens": K}``.
+
+    K may differ from the draft's TTT steps (vLLM just iterates the layer), but steps past the trained
+    ones were never trained: serve with K <= ``num_steps`` (recorded as ``eagle3_ttt_steps``).
+    """
+    draft_dir, model_dir, out_dir = Path(draft_dir), Path(model_dir), Path(out_dir)
+    check_heads_format(draft_dir, FORMAT)
+    mcfg = model_config_json(model_dir)
+    # Refuses pickles, missing/extra tensors, bad aux ids, shapes that do not match the model, and NaN/Inf.
+    draft = Eagle3Draft.from_pretrained(draft_dir, model_config=model_shape(mcfg))
+    c = draft.config
+    ids = list(c.aux_layer_ids)
+    config = {
+        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "num_hidden_layers": 1,
+        **{k: mcfg[k] for k in EAGLE3_KEPT if k in mcfg},
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "hidden_act": c.hidden_act,
+        "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim, "rms_norm_eps": c.rms_norm_eps, "attention_bias": False, "mlp_bias": False,
+        "vocab_size": c.vocab_size, "draft_vocab_size": c.vocab_size, "tie_word_embeddings": False,
+        "dtype": c.dtype, "norm_before_residual": c.norm_before_residual,
+        "eagle_aux_hidden_state_layer_ids": ids,
+        "eagle_config": {"eagle_aux_hidden_state_layer_ids": ids, "use_aux_hidden_state": True,
+                         "norm_before_fc": False},
+        "eagle3_ttt_steps": c.num_steps, "base_model": str(model_dir), "source_draft": str(draft_dir),
+    }
+    tensors = {n: t.detach().contiguous() for n, t in draft.state_dict().items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    return out_dir
 
 
-def reference_eagle3_dir(size: str = "micro", cache_dir: str | Path | None = None, **overrides: Any) -> Path:
-    """Cache entry of the reference model's EAGLE-3 draft for a :class:`HeadsRecipe` (builds nothing)."""
-    from vllm_firp.core.precision import dtype_name
+class Eagle3Kind(DraftKind):
+    module = Eagle3Draft
+    options = ("aux_layer_ids", "norm_before_residual")
 
-    from .reference_heads import CODE_VERSION as HEADS_CODE_VERSION
-    from .reference_heads import _cache_root, _recipe
-    from .reference_model import reference_model_dir, run_dtype
+    def outputs(self, parts: ModelParts, heads: Eagle3Draft, ids: torch.Tensor, anchors: torch.Tensor,
+                capture_layers: tuple[int, ...] = ()) -> DraftOutputs:
+        return eagle3_outputs(parts, heads, ids, anchors)
 
-    key = {"recipe": dataclasses.asdict(_recipe(size, overrides)), "method": FORMAT, "code_version": CODE_VERSION,
-           "heads_code_version": HEADS_CODE_VERSION, "model": reference_model_dir(size, _cache_root(cache_dir)).name,
-           "model_dtype": dtype_name(run_dtype(size))}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    return _cache_root(cache_dir) / "heads" / f"{size}-{FORMAT}-{digest}"
+    def cached_logits(self, parts: ModelParts, heads: Eagle3Draft, rec: TeacherRecord,
+                      anchors: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            aux = torch.cat([parts.embed(rec.ids) if n == 0 else rec.state(n) for n in heads.config.aux_layer_ids], -1)
+        return heads.ttt_logits(parts, rec.ids, aux[:-1], anchors)
+
+    def export_for_vllm(self, heads_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> Path:
+        return export_eagle3_for_vllm(heads_dir, model_dir, out_dir)
 
 
-def ensure_reference_eagle3(size: str = "micro", cache_dir: str | Path | None = None, *, progress: bool = True,
-                            **overrides: Any) -> Path:
-    """The reference model's EAGLE-3 draft, trained on first use with the FIRP/Medusa recipe and data."""
-    from vllm_firp.cache import ensure_built
-
-    from .reference_heads import _recipe, build_heads
-
-    recipe = _recipe(size, overrides)
-
-    def build(out: Path) -> None:
-        build_heads(out.parent, size, FORMAT, recipe, cache_dir, progress=progress)
-        os.rename(out.parent / "heads", out)
-
-    def complete(path: Path) -> bool:
-        return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-    return ensure_built(reference_eagle3_dir(size, cache_dir, **overrides), complete, build)
+EAGLE3 = Eagle3Kind()

@@ -35,7 +35,7 @@ from vllm_firp.core.precision import DTYPE_CHOICES
 from vllm_firp.engine.hf_model import ModelParts
 
 from .data import TokenSequence, load_frozen_model, load_sequences
-from .methods import Heads, draft_outputs, load_heads, method_of
+from .methods import Heads, kind_of, load_heads
 from .objective import DraftOutputs, sample_anchors
 
 
@@ -176,17 +176,17 @@ def evaluate(
     device = model.device
     heads = heads.to(device).eval()
     tally = Tally(heads.K, topk)
-    is_firp = isinstance(heads, FirpHeads)
-    capture = tuple(range(min(heads.config.inject_layers), parts.num_layers + 1)) if is_firp else ()
+    kind = kind_of(heads)
+    capture = kind.capture_layers(heads, parts.num_layers)
     gen = torch.Generator().manual_seed(0)
     for seq in tqdm(seqs, desc="evaluate", disable=not progress, file=sys.stderr):
         ids = torch.tensor(seq.ids, device=device)
         anchors = sample_anchors(len(seq.ids), seq.prompt_len, anchors_per_seq, gen, include_prompt)
-        out = draft_outputs(parts, heads, ids, anchors, capture)
+        out = kind.outputs(parts, heads, ids, anchors, capture)
         tally.add(out, ids, seq.prompt_len)
-        if is_firp:
+        if capture:
             tally.add_cosine(out.captured, heads, len(seq.ids), out.anchors)
-    report = {"method": method_of(heads), "K": heads.K, "sequences": len(seqs), **tally.report(tree_budgets)}
+    report = {"method": kind.format, "K": heads.K, "sequences": len(seqs), **tally.report(tree_budgets)}
     return report
 
 
@@ -195,13 +195,7 @@ def engine_tau(
     model: Any, heads: Heads, seqs: Sequence[TokenSequence], max_new_tokens: int, trees: dict[str, DraftTree]
 ) -> dict[str, Any]:
     """Measured tau of the reference engine (greedy) on the sequences' prompts, per tree."""
-    from vllm_firp.engine.engine import FirpEngine
-
-    from .medusa import MedusaDrafter
-
-    firp = isinstance(heads, FirpHeads)
-    engine = FirpEngine(model, heads if firp else None)
-    drafter = None if firp else MedusaDrafter(heads, engine.parts.lm_head)
+    engine, drafter = kind_of(heads).reference_engine(model, heads)
     out: dict[str, Any] = {"prompts": len(seqs), "max_new_tokens": max_new_tokens}
     for name, tree in trees.items():
         tokens = forwards = 0

@@ -1,6 +1,6 @@
 """Export our baselines so vLLM serves them with its *own* speculative methods (no plugin involved).
 
-* ``medusa``: our Medusa-1 heads (``training.medusa``) -> vLLM's ``method: "medusa"`` checkpoint.
+* ``medusa``: our Medusa-1 heads (``training.medusa``, which holds the export) -> vLLM's ``method: "medusa"`` checkpoint.
   vLLM's ``Medusa`` (``model_executor/models/medusa.py``) computes ``x + SiLU(W x + b)`` per residual
   layer and drafts with argmax over its own LM head; it is fed the target's final-normed last hidden
   state (``sample_hidden_states``, the input of the target's ``compute_logits``), the same state our
@@ -8,7 +8,7 @@
   (``medusa_fc_bias``; vLLM's default is off), tensors ``blocks.{k-1}.layers.0.{weight,bias}``, and one
   shared LM head (``original_lm_head``) that must be a *copy* of the target's: vLLM does not share it,
   and a missing tensor is left uninitialised without any error.
-* ``eagle3``: our EAGLE-3 draft (``training.eagle3``) -> vLLM's ``method: "eagle3"`` checkpoint, read by
+* ``eagle3``: our EAGLE-3 draft (``training.eagle3``, which holds the export) -> vLLM's ``method: "eagle3"`` checkpoint, read by
   ``model_executor/models/llama_eagle3.py`` through the plain-config path (``model_type: llama``, architecture
   ``LlamaForCausalLMEagle3``, one hidden layer): tensors ``fc.weight``, ``midlayer.*`` (vLLM maps them to
   ``layers.0.*`` and stacks q/k/v and gate/up) and ``norm.weight``; the aux layer ids both top-level (the
@@ -34,176 +34,21 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vllm_firp.core import FirpCheckpointError
 
-from .eagle3 import FORMAT as EAGLE3_FORMAT
-from .eagle3 import Eagle3Draft
-from .medusa import FORMAT as MEDUSA_FORMAT
-from .medusa import MedusaHeads
+from .eagle3 import export_eagle3_for_vllm
+from .export_inputs import WEIGHTS, ExportError, check_finite, model_config_json, read_tensors, weight_files
+from .medusa import export_medusa_for_vllm
 
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
-# Target config fields an EAGLE-3 draft keeps (rotary and context length must match the target's).
-EAGLE3_KEPT = ("max_position_embeddings", "rope_parameters", "rope_theta", "rope_scaling", "bos_token_id",
-               "eos_token_id", "pad_token_id")
+__all__ = ["ExportError", "export_eagle3_for_vllm", "export_early_exit_draft", "export_medusa_for_vllm", "main"]
+
 # Files copied verbatim into an early-exit draft (whichever exist).
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-class ExportError(FirpCheckpointError):
-    """An input that cannot be exported (wrong format, mismatched shapes, bad or missing files)."""
-
-
-def _model_config(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise ExportError(f"{path} is missing: --model must be a Hugging Face model directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path} is not valid JSON: {e}") from e
-
-
-def _weight_files(model_dir: Path) -> dict[str, Path]:
-    """Tensor name -> safetensors file (single file or sharded index); pickle checkpoints are refused."""
-    if (model_dir / INDEX).is_file():
-        index = json.loads((model_dir / INDEX).read_text())["weight_map"]
-        return {name: model_dir / f for name, f in index.items()}
-    if (model_dir / WEIGHTS).is_file():
-        with safe_open(str(model_dir / WEIGHTS), "pt") as f:
-            return {name: model_dir / WEIGHTS for name in f.keys()}  # noqa: SIM118
-    pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
-    hint = f" (found only {pickles}; convert them to safetensors first)" if pickles else ""
-    raise ExportError(f"no {WEIGHTS} or {INDEX} in {model_dir}: safetensors weights only{hint}")
-
-
-def _read(files: dict[str, Path], names: Sequence[str]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for path in sorted({files[n] for n in names}):
-        with safe_open(str(path), "pt") as f:
-            out.update({n: f.get_tensor(n) for n in names if files[n] == path})
-    return out
-
-
-def _check_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
-    bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t.float()).all()]
-    if bad:
-        raise ExportError(f"{where}: tensor(s) {bad} contain NaN/Inf")
-
-
-def _target_lm_head(model_dir: Path, cfg: dict[str, Any]) -> torch.Tensor:
-    """The target's output projection; for tied-embedding models that is the embedding matrix."""
-    files = _weight_files(model_dir)
-    tied = cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in files
-    name = next((n for n in (("model.embed_tokens.weight", "embed_tokens.weight") if tied else ("lm_head.weight",))
-                 if n in files), None)
-    if name is None:
-        raise ExportError(f"{model_dir} has no LM head tensor (lm_head.weight, or model.embed_tokens.weight when "
-                          f"tie_word_embeddings)")
-    w = _read(files, [name])[name]
-    want = (cfg["vocab_size"], cfg["hidden_size"])
-    if tuple(w.shape) != want:
-        raise ExportError(f"{model_dir}: {name} has shape {list(w.shape)}, expected {list(want)} from config.json")
-    _check_finite({name: w}, model_dir)
-    return w
-
-
-def export_medusa_for_vllm(heads_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write ``out_dir`` for ``speculative_config={"method": "medusa", "model": out_dir, ...}``.
-
-    ``num_speculative_tokens`` must not exceed the number of heads: vLLM sets its head count to it and
-    any extra head would be built without weights.
-    """
-    heads_dir, model_dir, out_dir = Path(heads_dir), Path(model_dir), Path(out_dir)
-    cfg_path = heads_dir / "config.json"
-    if not cfg_path.is_file():
-        raise ExportError(f"{cfg_path} is missing: --heads must be a Medusa heads directory")
-    try:
-        fmt = json.loads(cfg_path.read_text()).get("format")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ExportError(f"{cfg_path} is not a valid heads config: {e}") from e
-    if fmt != MEDUSA_FORMAT:
-        raise ExportError(f"{heads_dir} holds {fmt!r} heads, not {MEDUSA_FORMAT!r}: only Medusa heads "
-                          f"(training.medusa) map onto vLLM's Medusa")
-    mcfg = _model_config(model_dir)
-
-    want = SimpleNamespace(**{k: mcfg.get(k) for k in ("hidden_size", "num_hidden_layers", "vocab_size")})
-    # Refuses pickles, missing/extra tensors, shapes that do not match the model, and NaN/Inf.
-    heads = MedusaHeads.from_pretrained(heads_dir, model_config=want)
-    tensors: dict[str, torch.Tensor] = {}
-    for k in range(1, heads.K + 1):
-        lin = heads.resblock[str(k)]
-        tensors[f"blocks.{k - 1}.layers.0.weight"] = lin.weight.detach().contiguous()
-        tensors[f"blocks.{k - 1}.layers.0.bias"] = lin.bias.detach().contiguous()
-    tensors["lm_head.weight"] = _target_lm_head(model_dir, mcfg).contiguous()
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model_type": "medusa", "architectures": ["MedusaModel"],
-        "hidden_size": mcfg["hidden_size"], "vocab_size": mcfg["vocab_size"],
-        "truncated_vocab_size": mcfg["vocab_size"],
-        "num_heads": heads.K, "num_hidden_layers": 1,  # vLLM: residual layers per head
-        "medusa_fc_bias": True, "original_lm_head": True,
-        "base_model": str(model_dir), "source_heads": str(heads_dir),
-    }
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
-    return out_dir
-
-
-def _heads_format(heads_dir: Path, want: str) -> None:
-    cfg_path = heads_dir / "config.json"
-    if not cfg_path.is_file():
-        raise ExportError(f"{cfg_path} is missing: expected a {want!r} heads directory")
-    try:
-        fmt = json.loads(cfg_path.read_text()).get("format")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ExportError(f"{cfg_path} is not a valid heads config: {e}") from e
-    if fmt != want:
-        raise ExportError(f"{heads_dir} holds {fmt!r} heads, not {want!r}")
-
-
-def export_eagle3_for_vllm(draft_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write ``out_dir`` for ``speculative_config={"method": "eagle3", "model": out_dir, "num_speculative_tokens": K}``.
-
-    K may differ from the draft's TTT steps (vLLM just iterates the layer), but steps past the trained
-    ones were never trained: serve with K <= ``num_steps`` (recorded as ``eagle3_ttt_steps``).
-    """
-    draft_dir, model_dir, out_dir = Path(draft_dir), Path(model_dir), Path(out_dir)
-    _heads_format(draft_dir, EAGLE3_FORMAT)
-    mcfg = _model_config(model_dir)
-    want = SimpleNamespace(**{k: mcfg.get(k) for k in ("hidden_size", "num_hidden_layers", "vocab_size")})
-    # Refuses pickles, missing/extra tensors, bad aux ids, shapes that do not match the model, and NaN/Inf.
-    draft = Eagle3Draft.from_pretrained(draft_dir, model_config=want)
-    c = draft.config
-    ids = list(c.aux_layer_ids)
-    config = {
-        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "num_hidden_layers": 1,
-        **{k: mcfg[k] for k in EAGLE3_KEPT if k in mcfg},
-        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "hidden_act": c.hidden_act,
-        "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim, "rms_norm_eps": c.rms_norm_eps, "attention_bias": False, "mlp_bias": False,
-        "vocab_size": c.vocab_size, "draft_vocab_size": c.vocab_size, "tie_word_embeddings": False,
-        "dtype": c.dtype, "norm_before_residual": c.norm_before_residual,
-        "eagle_aux_hidden_state_layer_ids": ids,
-        "eagle_config": {"eagle_aux_hidden_state_layer_ids": ids, "use_aux_hidden_state": True,
-                         "norm_before_fc": False},
-        "eagle3_ttt_steps": c.num_steps, "base_model": str(model_dir), "source_draft": str(draft_dir),
-    }
-    tensors = {n: t.detach().contiguous() for n, t in draft.state_dict().items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
-    return out_dir
 
 
 def export_early_exit_draft(model_dir: str | Path, num_layers: int, out_dir: str | Path) -> Path:
@@ -213,21 +58,21 @@ def export_early_exit_draft(model_dir: str | Path, num_layers: int, out_dir: str
     early-exit self-drafting does; vLLM's ``draft_model`` method runs it with its own KV cache.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    cfg = _model_config(model_dir)
+    cfg = model_config_json(model_dir)
     total = cfg.get("num_hidden_layers")
     if not isinstance(total, int) or total < 2:
         raise ExportError(f"{model_dir}/config.json: num_hidden_layers={total!r}; need a model with >= 2 layers")
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers < total:
         raise ExportError(f"num_layers must be an integer in [1, {total - 1}] for this {total}-layer model, "
                           f"got {num_layers!r}")
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     present = {int(m.group(1)) for n in files if (m := _LAYER.search(n))}
     if present != set(range(total)):
         raise ExportError(f"{model_dir}: decoder layers in the weights {sorted(present)} do not match "
                           f"num_hidden_layers={total}")
     keep = [n for n in files if not ((m := _LAYER.search(n)) and int(m.group(1)) >= num_layers)]
-    tensors = _read(files, keep)
-    _check_finite(tensors, model_dir)
+    tensors = read_tensors(files, keep)
+    check_finite(tensors, model_dir)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, num_hidden_layers=num_layers)

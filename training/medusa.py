@@ -6,33 +6,40 @@ trainable budget at K*(d*d + d), the same as FIRP's projections, so the comparis
 Medusa trains a full LM-head copy per head. Trained with the same data, steps and KL-to-teacher loss.
 
 Checkpoint: ``config.json`` (``"format": "medusa"``) + ``model.safetensors`` (``resblock.{k}.weight``,
-``resblock.{k}.bias``). :class:`MedusaDrafter` plugs the heads into the reference engine.
+``resblock.{k}.bias``). :class:`MedusaDrafter` plugs the heads into the reference engine;
+:func:`export_medusa_for_vllm` writes them in vLLM's own ``method: "medusa"`` format.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from vllm_firp.core import FirpCheckpointError, causal_layout
-from vllm_firp.core.config import shape_mismatches
-from vllm_firp.core.heads import DTYPES, load_checked_weights, save_weights
+from vllm_firp.core import DraftConfig, DraftModule, causal_layout
 from vllm_firp.engine.drafters import DraftContext
 from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
 
+from .draft_kind import DraftKind
+from .export_inputs import WEIGHTS, check_heads_format, model_config_json, model_shape, target_lm_head
 from .objective import DraftOutputs
+
+if TYPE_CHECKING:
+    from vllm_firp.engine.engine import FirpEngine
+
+    from .teacher_cache import TeacherRecord
 
 FORMAT = "medusa"
 FORMAT_VERSION = 1
 
 
 @dataclass
-class MedusaConfig:
+class MedusaConfig(DraftConfig):
     hidden_size: int
     num_hidden_layers: int
     vocab_size: int
@@ -43,81 +50,36 @@ class MedusaConfig:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
-    def __post_init__(self) -> None:
-        if self.format != FORMAT or self.format_version != FORMAT_VERSION:
-            raise FirpCheckpointError(
-                f"not a Medusa heads config (format={self.format!r} v{self.format_version}, "
-                f"expected {FORMAT!r} v{FORMAT_VERSION})"
-            )
-        for name in ("hidden_size", "num_hidden_layers", "vocab_size", "num_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise FirpCheckpointError(f"invalid Medusa config: {name} must be a positive integer")
-
-    @property
-    def K(self) -> int:  # noqa: N802
-        return self.num_heads
+    FORMAT = FORMAT
+    FORMAT_VERSION = FORMAT_VERSION
+    TITLE = "Medusa heads"
+    K_FIELD = "num_heads"
+    POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "vocab_size", "num_heads")
 
     @classmethod
     def for_model(cls, model_config: Any, num_heads: int = 3, **kw: Any) -> MedusaConfig:
         return cls(model_config.hidden_size, model_config.num_hidden_layers, model_config.vocab_size, num_heads,
                    base_model=str(getattr(model_config, "_name_or_path", "") or ""), **kw)
 
-    def check_matches(self, model_config: Any) -> None:
-        if bad := shape_mismatches(self, model_config, "heads"):
-            raise FirpCheckpointError(f"Medusa heads do not match the model ({'; '.join(bad)}); heads were "
-                                      f"trained for {self.base_model or 'an unnamed model'}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {"format": d.pop("format"), "format_version": d.pop("format_version"), **d}
-
-
-class MedusaHeads(nn.Module):
+class MedusaHeads(DraftModule):
     """``h + SiLU(W_k h + b_k)`` per head k; W_k starts at 0, so every head starts as the base LM head."""
 
+    config_class = MedusaConfig
+    config: MedusaConfig
+
     def __init__(self, config: MedusaConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         d = config.hidden_size
         self.resblock = nn.ModuleDict({str(k): nn.Linear(d, d) for k in range(1, config.K + 1)})
         for lin in self.resblock.values():
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    @property
-    def K(self) -> int:  # noqa: N802
-        return self.config.K
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """States to decode with the LM head: [..., d] -> [K, ..., d]."""
         x = hidden.to(self.resblock["1"].weight.dtype)
         return torch.stack([x + nn.functional.silu(self.resblock[str(k)](x)) for k in range(1, self.K + 1)])
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
-        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        save_weights(self, directory)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, model_config: Any | None = None, dtype: torch.dtype | None = None
-    ) -> MedusaHeads:
-        directory = Path(directory)
-        cfg_path = directory / "config.json"
-        if not cfg_path.is_file():
-            raise FirpCheckpointError(f"{cfg_path} is missing: Medusa heads need config.json")
-        try:
-            config = MedusaConfig(**json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise FirpCheckpointError(f"{cfg_path} is not a valid Medusa config: {e}") from e
-        if model_config is not None:
-            config.check_matches(model_config)
-        heads = cls(config)
-        tensors = load_checked_weights(directory, heads)
-        heads.load_state_dict(tensors)
-        return heads.to(dtype or DTYPES[config.dtype]).eval()
 
 
 def medusa_outputs(parts: ModelParts, heads: MedusaHeads, ids: torch.Tensor, anchors: torch.Tensor) -> DraftOutputs:
@@ -145,3 +107,60 @@ class MedusaDrafter:
         h = ctx.last_hidden
         states = self.heads.to(h.device)(h)[:depth].to(h.dtype)  # [D, d]
         return self.lm_head(states).topk(topk, dim=-1).indices
+
+
+def export_medusa_for_vllm(heads_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir`` for ``speculative_config={"method": "medusa", "model": out_dir, ...}``.
+
+    ``num_speculative_tokens`` must not exceed the number of heads: vLLM sets its head count to it and
+    any extra head would be built without weights.
+    """
+    heads_dir, model_dir, out_dir = Path(heads_dir), Path(model_dir), Path(out_dir)
+    check_heads_format(heads_dir, FORMAT)
+    mcfg = model_config_json(model_dir)
+    # Refuses pickles, missing/extra tensors, shapes that do not match the model, and NaN/Inf.
+    heads = MedusaHeads.from_pretrained(heads_dir, model_config=model_shape(mcfg))
+    tensors: dict[str, torch.Tensor] = {}
+    for k in range(1, heads.K + 1):
+        lin = heads.resblock[str(k)]
+        tensors[f"blocks.{k - 1}.layers.0.weight"] = lin.weight.detach().contiguous()
+        tensors[f"blocks.{k - 1}.layers.0.bias"] = lin.bias.detach().contiguous()
+    tensors["lm_head.weight"] = target_lm_head(model_dir, mcfg).contiguous()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_type": "medusa", "architectures": ["MedusaModel"],
+        "hidden_size": mcfg["hidden_size"], "vocab_size": mcfg["vocab_size"],
+        "truncated_vocab_size": mcfg["vocab_size"],
+        "num_heads": heads.K, "num_hidden_layers": 1,  # vLLM: residual layers per head
+        "medusa_fc_bias": True, "original_lm_head": True,
+        "base_model": str(model_dir), "source_heads": str(heads_dir),
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    return out_dir
+
+
+class MedusaKind(DraftKind):
+    module = MedusaHeads
+
+    def outputs(self, parts: ModelParts, heads: MedusaHeads, ids: torch.Tensor, anchors: torch.Tensor,
+                capture_layers: tuple[int, ...] = ()) -> DraftOutputs:
+        return medusa_outputs(parts, heads, ids, anchors)
+
+    def cached_logits(self, parts: ModelParts, heads: MedusaHeads, rec: TeacherRecord,
+                      anchors: torch.Tensor) -> torch.Tensor:
+        final = rec.state(parts.num_layers)
+        return parts.lm_head(heads(final[anchors]).to(final.dtype)).float()
+
+    def reference_engine(self, model: Any, heads: MedusaHeads) -> tuple[FirpEngine, MedusaDrafter]:
+        from vllm_firp.engine.engine import FirpEngine
+
+        engine = FirpEngine(model, None)
+        return engine, MedusaDrafter(heads, engine.parts.lm_head)
+
+    def export_for_vllm(self, heads_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> Path:
+        return export_medusa_for_vllm(heads_dir, model_dir, out_dir)
+
+
+MEDUSA = MedusaKind()

@@ -1,12 +1,11 @@
-"""The distillation objective shared by FIRP and Medusa: drafts for sampled anchors vs the frozen teacher.
+"""The distillation objective shared by every draft kind: drafts for sampled anchors vs the frozen teacher.
 
 For a sequence x_0..x_{T-1} and anchor i, draft k (k = 1..K) predicts x_{i+k+1}; its teacher is
 p_{i+k} = softmax(lm_head(h_{i+k})), the base model's own next-token distribution at i+k. A pair
 (i, k) is valid when i+k <= T-1. Loss = mean over valid pairs of w_k * KL(p_{i+k} || q_{i,k}).
 
-FIRP needs no separate student code path: one :func:`forward_rows` call over the causal real rows
-plus K pseudo rows per anchor runs the teacher (real rows never see pseudo rows, so it is exact) and
-the student together; only the heads get gradients.
+Each draft kind computes its :class:`DraftOutputs` itself (``training.firp``, ``training.medusa``,
+``training.eagle3``); FIRP runs the teacher and the student in one pass.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-
-from vllm_firp.core import FirpHeads, causal_layout
-from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
 
 
 @dataclass
@@ -58,23 +54,6 @@ def sample_anchors(
     if 0 < count < len(candidates):
         candidates = candidates[torch.randperm(len(candidates), generator=generator)[:count]].sort().values
     return candidates
-
-
-def firp_outputs(
-    parts: ModelParts,
-    heads: FirpHeads,
-    ids: torch.Tensor,
-    anchors: torch.Tensor,
-    capture_layers: tuple[int, ...] = (),
-) -> DraftOutputs:
-    """Teacher + FIRP student in one pass; pseudo rows are k-major, so the drafts are a [K, A] view."""
-    T, K = ids.shape[0], heads.K
-    layout = causal_layout(T, anchors, K, heads.config.pseudo_attend_each_other)
-    hidden, captured = forward_rows(parts, ids, layout, new_cache(), heads, capture_layers)
-    with torch.no_grad():
-        teacher = parts.lm_head(hidden[:T].detach()).float()
-    drafts = parts.lm_head(hidden[T:]).float().view(K, anchors.numel(), -1)
-    return DraftOutputs(drafts, teacher, anchors.to(ids.device), captured)
 
 
 @dataclass

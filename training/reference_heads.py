@@ -1,4 +1,4 @@
-"""FIRP (or Medusa) heads for the project's reference model, trained once and cached.
+"""FIRP, Medusa or EAGLE-3 heads for the project's reference model, trained once and cached.
 
 Pipeline: ``training.reference_model`` (the model) -> prompts cut from the stdlib *training* split ->
 the model's own greedy responses (``training.generate_data``, cached in ``heads/data/`` and shared by
@@ -31,6 +31,12 @@ from vllm_firp.core.precision import dtype_name
 from .reference_model import default_cache_dir, file_lock, run_dtype
 
 CODE_VERSION = "1"
+# Per method, the versions in its cache key (EAGLE-3's own code version came first, so it keeps its key).
+METHOD_KEYS: dict[str, dict[str, str]] = {
+    "firp": {"code_version": CODE_VERSION},
+    "medusa": {"code_version": CODE_VERSION},
+    "eagle3": {"code_version": "1", "heads_code_version": CODE_VERSION},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +99,18 @@ def reference_heads_dir(size: str = "micro", method: str = "firp", cache_dir: st
     """Where the heads for (size, method, recipe) live in the cache; builds nothing."""
     from .reference_model import reference_model_dir
 
-    if method not in ("firp", "medusa"):
-        raise ValueError(f"method must be 'firp' or 'medusa', not {method!r}")
+    if method not in METHOD_KEYS:
+        raise ValueError(f"method must be one of {sorted(METHOD_KEYS)}, not {method!r}")
     recipe = _recipe(size, overrides)
-    key = {"recipe": dataclasses.asdict(recipe), "method": method, "code_version": CODE_VERSION,
+    key = {"recipe": dataclasses.asdict(recipe), "method": method, **METHOD_KEYS[method],
            "model": reference_model_dir(size, _cache_root(cache_dir)).name, "model_dtype": dtype_name(run_dtype(size))}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return _cache_root(cache_dir) / "heads" / f"{size}-{method}-{digest}"
+
+
+def reference_eagle3_dir(size: str = "micro", cache_dir: str | Path | None = None, **overrides: Any) -> Path:
+    """Cache entry of the reference model's EAGLE-3 draft for a :class:`HeadsRecipe` (builds nothing)."""
+    return reference_heads_dir(size, "eagle3", cache_dir, **overrides)
 
 
 def _complete(path: Path) -> bool:
@@ -119,6 +130,12 @@ def ensure_reference_heads(size: str = "micro", method: str = "firp", cache_dir:
         os.rename(out.parent / "heads", out)
 
     return ensure_built(reference_heads_dir(size, method, cache_dir, **overrides), _complete, build)
+
+
+def ensure_reference_eagle3(size: str = "micro", cache_dir: str | Path | None = None, *, progress: bool = True,
+                            **overrides: Any) -> Path:
+    """The reference model's EAGLE-3 draft, trained on first use with the FIRP/Medusa recipe and data."""
+    return ensure_reference_heads(size, "eagle3", cache_dir, progress=progress, **overrides)
 
 
 def build_heads(work: Path, size: str, method: str, recipe: HeadsRecipe, cache_dir: str | Path | None = None,

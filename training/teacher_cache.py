@@ -14,7 +14,7 @@ record per training sequence (``NNNNN.safetensors``) holds, in bf16 unless told 
 - ``top_ids`` / ``top_logp`` [T, k]: the teacher's top-k next tokens and their log-probabilities.
 
 ``train --teacher-cache DIR`` then trains FIRP (any inject layer the cache covers), Medusa or EAGLE-3
-on it; the inject-layer sweep and the baselines all reuse one teacher pass. Records are written
+on it (each kind's ``cached_outputs``); the inject-layer sweep and the baselines all reuse one teacher pass. Records are written
 atomically and skipped when present, so an interrupted build resumes.
 """
 
@@ -35,12 +35,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.cache_utils import DynamicCache
 
-from vllm_firp.core import FirpHeads, causal_layout
+from vllm_firp.core import causal_layout
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name
-from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache, pseudo_forward
+from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
 
 from .data import DataError, TokenSequence, load_frozen_model, load_sequences
-from .objective import DraftOutputs
 
 FORMAT = "firp-teacher-cache"
 META = "meta.json"
@@ -154,41 +153,6 @@ class TeacherCache:
         if bad:
             raise DataError(f"teacher cache {self.dir} was built for another model: "
                             + ", ".join(f"{k} {a} != {b}" for k, (a, b) in bad.items()))
-
-
-# ------------------------------------------------------------------------------------ students
-
-
-def cached_draft_outputs(parts: ModelParts, heads: torch.nn.Module, rec: TeacherRecord,
-                         anchors: torch.Tensor) -> DraftOutputs:
-    """The drafts of FIRP, Medusa or EAGLE-3 heads for ``anchors``, with the cached teacher as target."""
-    from .eagle3 import Eagle3Draft
-    from .medusa import MedusaHeads
-
-    anchors = anchors.to(rec.ids.device)
-    L = parts.num_layers
-    if isinstance(heads, MedusaHeads):
-        final = rec.state(L)
-        drafts = parts.lm_head(heads(final[anchors]).to(final.dtype)).float()
-    elif isinstance(heads, Eagle3Draft):
-        with torch.no_grad():
-            aux = torch.cat([parts.embed(rec.ids) if n == 0 else rec.state(n) for n in heads.config.aux_layer_ids], -1)
-        drafts = heads.ttt_logits(parts, rec.ids, aux[:-1], anchors)
-    elif isinstance(heads, FirpHeads):
-        drafts = firp_cached_logits(parts, heads, rec, anchors)
-    else:
-        raise TypeError(f"no cached student for {type(heads).__name__}")
-    return DraftOutputs(drafts, None, anchors, teacher_top=(rec.top_ids, rec.top_logp))
-
-
-def firp_cached_logits(parts: ModelParts, heads: FirpHeads, rec: TeacherRecord, anchors: torch.Tensor) -> torch.Tensor:
-    """FIRP drafts [K, A, V]: pseudo rows only, attending to the cached real K/V."""
-    K, A = heads.K, anchors.numel()
-    layout = causal_layout(rec.ids.shape[0], anchors, K, heads.config.pseudo_attend_each_other)
-    needed = set(heads.config.inject_layers) if heads.config.source == "anchor" else {heads.config.inject_layers[0]}
-    states = {t: rec.state(t)[anchors] for t in needed}
-    hidden = pseudo_forward(parts, heads, layout, states, rec.cache_from(heads.config.inject_layers[0]))
-    return parts.lm_head(hidden).float().view(K, A, -1)
 
 
 # --------------------------------------------------------------------------------------- build

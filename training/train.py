@@ -36,9 +36,9 @@ from .checkpoint import (
     save_heads_atomic,
 )
 from .data import DataError, TokenSequence, load_frozen_model, load_sequences
-from .methods import METHODS, draft_outputs, new_heads
+from .methods import METHODS, cached_draft_outputs, draft_outputs, new_heads
 from .objective import PairStats, distill_loss, sample_anchors
-from .teacher_cache import TeacherCache, cached_draft_outputs
+from .teacher_cache import TeacherCache
 
 
 def _int_list(text: str) -> int | list[int]:
@@ -210,7 +210,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                    bias=not args.no_bias, pseudo_attend_each_other=not args.no_pseudo_attend_each_other)
     aux = [args.aux_layers] if isinstance(args.aux_layers, int) else args.aux_layers
     eagle3_kw = dict(aux_layer_ids=aux, norm_before_residual=args.norm_before_residual)
-    heads = new_heads(args.method, model.config, K, eagle3_kw, **firp_kw).to(device).train()
+    heads = new_heads(args.method, model.config, K, **firp_kw, **eagle3_kw).to(device).train()
     heads.config.base_model = str(args.model)
     weights = _loss_weights(args.loss_weights, K)
     total = args.steps or max(1, math.ceil(args.epochs * len(seqs) / (args.grad_accum * world)))

@@ -1,6 +1,7 @@
-"""FIRP math shared by every engine: heads and checkpoints, draft trees, masks/positions, verification."""
+"""FIRP math shared by every engine: heads and checkpoints (one base for every draft kind), draft trees, masks/positions, verification."""
 
-from .config import FirpCheckpointError, FirpConfig, default_inject_layer
+from .checkpoint import DraftConfig, DraftModule, FirpCheckpointError, read_format
+from .config import FirpConfig, default_inject_layer
 from .heads import FirpHeads
 from .layout import StepLayout, causal_layout, prefill_layout, step_layout, tree_layout
 from .tree import (
@@ -17,6 +18,8 @@ from .tree import (
 from .verify import SamplingParams, Verdict, target_probs, verify, verify_greedy, verify_sampling
 
 __all__ = [
+    "DraftConfig",
+    "DraftModule",
     "DraftTree",
     "FirpCheckpointError",
     "FirpConfig",
@@ -34,6 +37,7 @@ __all__ = [
     "likely_last_nodes",
     "parse_tree_spec",
     "prefill_layout",
+    "read_format",
     "reach_probabilities",
     "step_layout",
     "target_probs",
