@@ -59,5 +59,6 @@ def draft_outputs(
 
 
 def cached_draft_outputs(parts: ModelParts, heads: Heads, rec: TeacherRecord, anchors: torch.Tensor) -> DraftOutputs:
-    """The drafts of ``heads`` for ``anchors``, with the cached teacher as target."""
-    return kind_of(heads).cached_outputs(parts, heads, rec, anchors)
+    """The drafts of ``heads`` for ``anchors``, with the cached teacher as target (a compact record's upper layers
+    recomputed first)."""
+    return kind_of(heads).cached_outputs(parts, heads, rec.complete(parts), anchors)

@@ -37,7 +37,7 @@ from transformers.cache_utils import DynamicCache
 
 from vllm_firp.core import causal_layout
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name
-from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
+from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache, real_rows_from
 
 from .data import DataError, TokenSequence, load_frozen_model, load_sequences
 
@@ -76,6 +76,27 @@ class TeacherRecord:
             cache.update(self.kv[n][0][None], self.kv[n][1][None], n - 1)
         return cache
 
+    @property
+    def compact(self) -> bool:
+        """Kept without K/V: the student pass recomputes the layers above the lowest kept state."""
+        return not self.kv
+
+    def complete(self, parts: ModelParts) -> TeacherRecord:
+        """This record with every layer above its lowest kept state recomputed (states, K/V, final state): a
+        compact record's view for the student pass; a full record is returned as it is."""
+        if not self.compact:
+            return self
+        low = min(self.hidden)
+        if low >= parts.num_layers:
+            raise DataError("a compact teacher record needs a kept state below the last layer")
+        cache = new_cache()
+        with torch.no_grad():
+            final, upper = real_rows_from(parts, self.hidden[low].to(parts.lm_head.weight.dtype), low, cache)
+        L = parts.num_layers
+        kv = {n: (cache.layers[n - 1].keys[0], cache.layers[n - 1].values[0]) for n in range(low + 1, L + 1)}
+        hidden = upper | self.hidden | {L: final}
+        return TeacherRecord(self.key, self.ids, self.prompt_len, hidden, kv, self.top_ids, self.top_logp)
+
     def state(self, layer: int) -> torch.Tensor:
         if layer not in self.hidden:
             raise DataError(f"the teacher cache has no hidden states after layer {layer} (has {sorted(self.hidden)})"
@@ -84,9 +105,10 @@ class TeacherRecord:
 
 
 @torch.no_grad()
-def teacher_record(parts: ModelParts, seq: TokenSequence, layers: Sequence[int], kv_from: int,
+def teacher_record(parts: ModelParts, seq: TokenSequence, layers: Sequence[int], kv_from: int | None,
                    top_k: int, store_dtype: torch.dtype = torch.bfloat16) -> TeacherRecord:
-    """One causal teacher pass over ``seq``; states and K/V go to CPU in ``store_dtype``."""
+    """One causal teacher pass over ``seq``; states and K/V go to CPU in ``store_dtype``. ``kv_from=None``: a
+    compact record (the ``layers`` states and the teacher's top-k only; see :meth:`TeacherRecord.complete`)."""
     L = parts.num_layers
     device = parts.lm_head.weight.device
     ids = torch.tensor(seq.ids, device=device)
@@ -94,7 +116,11 @@ def teacher_record(parts: ModelParts, seq: TokenSequence, layers: Sequence[int],
     final, captured = forward_rows(parts, ids, causal_layout(len(seq.ids)), cache,
                                    capture_layers=tuple(n for n in layers if 0 < n < L))
     top_logp, top_ids = parts.lm_head(final).float().log_softmax(-1).topk(top_k, dim=-1)
-    hidden = {n: captured[n] for n in layers if 0 < n < L} | {L: final}
+    hidden = {n: captured[n] for n in layers if 0 < n < L}
+    if kv_from is None:  # compact: ids as int32, log-probs as fp16, no K/V, no final state
+        rec = TeacherRecord(seq.key, ids.int(), seq.prompt_len, hidden, {}, top_ids.int(), top_logp.half())
+        return rec.to("cpu", store_dtype)
+    hidden[L] = final
     kv = {n: (cache.layers[n - 1].keys[0], cache.layers[n - 1].values[0]) for n in range(kv_from + 1, L + 1)}
     return TeacherRecord(seq.key, ids, seq.prompt_len, hidden, kv, top_ids, top_logp).to("cpu", store_dtype)
 
@@ -117,8 +143,8 @@ def load_record(path: Path) -> TeacherRecord:
         hidden = {int(name.split(".")[1]): t for name, t in tensors.items() if name.startswith("hidden.")}
         kv = {int(name.split(".")[1]): (t, tensors[f"value.{name.split('.')[1]}"])
               for name, t in tensors.items() if name.startswith("key.")}
-        return TeacherRecord(meta["key"], tensors["ids"], int(meta["prompt_len"]), hidden, kv,
-                             tensors["top_ids"], tensors["top_logp"])
+        return TeacherRecord(meta["key"], tensors["ids"].long(), int(meta["prompt_len"]), hidden, kv,
+                             tensors["top_ids"].long(), tensors["top_logp"].float())
     except (SafetensorError, KeyError, ValueError, OSError) as e:
         raise DataError(f"teacher cache record {path} is unreadable or incomplete ({e}); delete it and rebuild "
                         "(the build resumes)") from e
@@ -165,8 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="cache directory (resumes when it exists)")
     p.add_argument("--layers", required=True, help="comma list of layers whose residual stream to keep (FIRP inject "
                    "layers, EAGLE-3 aux layers); the final-normed state is always kept")
-    p.add_argument("--kv-from", type=int, required=True, help="keep K/V of every layer above this one (the lowest "
-                   "FIRP inject layer to train)")
+    kv = p.add_mutually_exclusive_group(required=True)
+    kv.add_argument("--kv-from", type=int, help="keep K/V of every layer above this one (the lowest FIRP inject "
+                    "layer to train) and the final state: ~23 KB per token on SmolLM2; no base layer runs in training")
+    kv.add_argument("--compact", action="store_true", help="keep only the --layers states and the top-k (~1.3 KB "
+                    "per token and layer on SmolLM2); training recomputes the layers above the lowest one")
     p.add_argument("--top-k", type=int, default=32, help="teacher tokens kept per position (default 32)")
     p.add_argument("--max-sequences", type=int, help="first N training sequences (default all)")
     p.add_argument("--seq-len", type=int, default=1024, help="last N tokens of each sequence (default 1024)")
@@ -189,12 +218,13 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     parts, cfg = ModelParts.of(model), model.config
     L = cfg.num_hidden_layers
     layers = sorted({int(v) for v in args.layers.split(",")})
-    if any(not 0 < n < L for n in layers) or not 0 <= args.kv_from < L:
+    if any(not 0 < n < L for n in layers) or (args.kv_from is not None and not 0 <= args.kv_from < L):
         raise DataError(f"--layers must be in 1..{L - 1} and --kv-from in 0..{L - 1} for a {L}-layer model")
     seqs = [s.window(args.seq_len) for s in load_sequences(args.data, "train", args.holdout_percent)]
     seqs = seqs[: args.max_sequences] if args.max_sequences else seqs
     meta = {"format": FORMAT, "model": str(args.model), "data": str(args.data), "num_hidden_layers": L,
-            "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size, "layers": layers, "kv_from": args.kv_from,
+            "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size, "layers": layers,
+            "kv_from": args.kv_from, "compact": args.compact,
             "top_k": args.top_k, "seq_len": args.seq_len, "holdout_percent": args.holdout_percent,
             "compute_dtype": dtype_name(model.dtype), "store_dtype": args.store_dtype}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -215,8 +245,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             tokens += len(seq.ids)
     wall = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in args.out.glob("*.safetensors"))
+    stored = sum(len(s.ids) for s in seqs)
     return {"out": str(args.out), "sequences": len(seqs), "new_tokens": tokens, "wall_time_s": round(wall, 1),
-            "tokens_per_s": round(tokens / wall, 1), "bytes": size}
+            "tokens_per_s": round(tokens / wall, 1), "bytes": size, "bytes_per_token": round(size / max(1, stored))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
-from ..core import FirpHeads, StepLayout
+from ..core import FirpHeads, StepLayout, causal_layout
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -150,6 +150,27 @@ def forward_rows(
             h = torch.cat([h, heads.pseudo_state(k, heads.source_for(k, anchor_state, prev))], dim=1)
         if number in capture_layers:
             captured[number] = h[0]
+    return parts.norm(h)[0], captured
+
+
+def real_rows_from(
+    parts: ModelParts, hidden: torch.Tensor, after_layer: int, cache: DynamicCache
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The causal pass of real rows at positions 0..T-1 from their residual stream after ``after_layer`` ([T, d])
+    to the top: their K/V go to ``cache`` (layers above ``after_layer``); returns their final-normed states [T, d]
+    and the residual stream after each of those layers. The trainer's compact teacher store keeps one layer's
+    states and recomputes the rest this way."""
+    T, device = hidden.shape[0], hidden.device
+    layout = causal_layout(T)
+    positions = layout.position_offsets.to(device)
+    masks = _layer_masks(parts, layout, positions, 0, [T] * parts.num_layers)
+    h = hidden[None]
+    cos, sin = parts.rotary(h, positions[None])
+    captured: dict[int, torch.Tensor] = {}
+    for i in range(after_layer, parts.num_layers):
+        h = parts.layers[i](h, attention_mask=masks[i], position_embeddings=(cos, sin), past_key_values=cache,
+                            use_cache=True)
+        captured[i + 1] = h[0]
     return parts.norm(h)[0], captured
 
 
