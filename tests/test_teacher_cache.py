@@ -122,3 +122,23 @@ def test_inject_sweep_trains_evaluates_and_tabulates(root: Path) -> None:
     assert firp["top1"][0] > 0.5, firp  # the permutation future is learnable from layer 2
     assert sorted(map(int, firp["cosine_k1"])) == [2, 3, 4]
     assert (out / "sweep.png").stat().st_size > 0 and "firp-t2" in (out / "sweep.md").read_text()
+
+
+def test_scaling_curve_trains_each_budget_once_and_plots(root: Path) -> None:
+    from training import scaling_curve
+
+    out = root / "scaling"
+    argv = ["--model", str(root / "model"), "--teacher-cache", str(root / "compact"), "--data", str(root / "data"),
+            "--mt-bench-data", str(root / "data"), "--eval-split", "all", "--anchors", "200,800",
+            "--methods", "firp,medusa", "--inject-layer", "1", "--out", str(out), "--grad-accum", "2",
+            "--lr", "0.02", "--eval-seqs", "4"]
+    assert scaling_curve.main(argv) == 0
+    report = json.loads((out / "scaling.json").read_text())
+    rows = {(r["method"], r["anchors"]): r for r in report["rows"]}
+    assert set(rows) == {("firp", 200), ("firp", 800), ("medusa", 200), ("medusa", 800)}
+    assert rows[("firp", 800)]["steps"] > rows[("firp", 200)]["steps"]
+    assert rows[("firp", 800)]["held_out"]["tau_chain"] >= rows[("firp", 200)]["held_out"]["tau_chain"]
+    assert (out / "scaling.png").stat().st_size > 0 and "medusa" in (out / "scaling.md").read_text()
+    stamp = (out / "firp-800" / "point.json").stat().st_mtime
+    assert scaling_curve.main(argv) == 0  # finished points are reused, not retrained
+    assert (out / "firp-800" / "point.json").stat().st_mtime == stamp
