@@ -19,7 +19,7 @@ IS_034 = vllm.__version__.startswith("0.34.")
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    "]
 MAX_TOKENS = 20
 ENGINE = dict(
-    enforce_eager=True, max_model_len=256, dtype="float32", distributed_executor_backend="uni", block_size=16,
+    enforce_eager=True, max_model_len=256, dtype="float32", distributed_executor_backend="uni", block_size=32,
     max_num_seqs=4, max_num_batched_tokens=256, seed=0, disable_log_stats=False, enable_prefix_caching=False,
 )
 needs_034 = pytest.mark.skipif(not IS_034, reason=f"vLLM 0.34 tests; this venv has vLLM {vllm.__version__}")
