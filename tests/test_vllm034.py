@@ -7,9 +7,27 @@ FIRP heads, two short prompts, one engine at a time, in-process). Under any othe
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
+
+
+def _vllm_is_034() -> bool:
+    """Whether the installed vLLM is 0.34 (it has the speculator registry), without importing vLLM."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        return False
+    registry = os.path.join(os.path.dirname(spec.origin), "v1", "worker", "gpu", "spec_decode", "speculator_config.py")
+    return os.path.isfile(registry)
+
+
+if _vllm_is_034():
+    # The x86 CPU build of 0.34 runs Triton in its interpreter. It sets TRITON_INTERPRET=1 itself, but only after
+    # importing triton, whose own @jit library functions (tl.max with indices, ...) are then compiled-mode
+    # functions that the interpreter refuses to call ("Cannot call @triton.jit'd outside of the scope of a
+    # kernel"): every sampling step fails, with or without speculation. Set it before anything imports triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed")
 
@@ -17,7 +35,7 @@ from vllm_firp.vllm_plugin import UnsupportedVllmVersion, register  # noqa: E402
 
 IS_034 = vllm.__version__.startswith("0.34.")
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    "]
-MAX_TOKENS = 20
+MAX_TOKENS = [12, 24]  # the batch shrinks from 2 requests to 1 halfway
 ENGINE = dict(
     enforce_eager=True, max_model_len=256, dtype="float32", distributed_executor_backend="uni", block_size=32,
     max_num_seqs=4, max_num_batched_tokens=256, seed=0, disable_log_stats=False, enable_prefix_caching=False,
@@ -66,6 +84,30 @@ def model_dir():
         pytest.skip(f"SmolLM2-135M-Instruct is not available: {e}")
 
 
+def _probe_speculator(worker):
+    """What the runner built (runs in the worker; in-process engine)."""
+    runner = worker.model_runner
+    spec = runner.speculator
+    if spec is None:
+        return None
+    layers = runner.model.model.layers
+    t = spec.inject_layer
+    return {
+        "runner": type(runner).__name__,
+        "speculator": type(spec).__name__,
+        "own_params": sum(p.numel() for p in spec.model.parameters()),
+        "borrows_upper_layers": len(spec._upper) == len(layers) - t
+        and all(a is b for a, b in zip(spec._upper, layers[t:], strict=True)),
+        "borrows_norm": spec._norm is runner.model.model.norm,
+        "draft_attn_layers": sorted(spec.draft_attn_layer_names),
+        "attn_layers": len(spec._layer_names),
+        "aux_layers": sorted(runner.model.model.aux_hidden_state_layers),
+        "hidden": runner.model.config.hidden_size,
+        "K": spec.num_speculative_steps,
+        "kv_cache_groups": len(runner.kv_cache_config.kv_cache_groups),
+    }
+
+
 def _run(model_dir, speculative_config=None):
     from vllm import LLM, SamplingParams
 
@@ -73,15 +115,18 @@ def _run(model_dir, speculative_config=None):
 
     llm = LLM(model=model_dir, speculative_config=speculative_config, **ENGINE)
     try:
-        outs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
-        return [list(o.outputs[0].token_ids) for o in outs], engine_metrics(llm)
+        params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in MAX_TOKENS]
+        outs = llm.generate(PROMPTS, params)
+        probe = llm.collective_rpc(_probe_speculator)[0]
+        return [list(o.outputs[0].token_ids) for o in outs], engine_metrics(llm), probe
     finally:
         shutdown_engine(llm)
 
 
 @pytest.fixture(scope="module")
 def baseline(model_dir):
-    tokens, _ = _run(model_dir)
+    tokens, _, probe = _run(model_dir)
+    assert probe is None
     return tokens
 
 
@@ -101,19 +146,36 @@ def _counter(metrics, name):
 
 @needs_034
 def test_greedy_identical_and_drafts_accepted(model_dir, baseline):
-    tokens, metrics = _run(model_dir, _spec())
+    tokens, metrics, probe = _run(model_dir, _spec())
+    print(f"\n[firp 0.34] runner: {probe}")
     assert tokens == baseline
+    # No copy of any weight: the speculator owns the heads only and runs the target's own modules, adds no
+    # attention layer (no KV cache of its own), and the runner outputs the aux hidden state of layer t.
+    d, k = probe["hidden"], probe["K"]
+    assert probe["own_params"] == k * (d * d + d)
+    assert probe["borrows_upper_layers"] and probe["borrows_norm"]
+    assert probe["draft_attn_layers"] == [] and probe["kv_cache_groups"] == 1
+    assert probe["aux_layers"] == [18] and probe["attn_layers"] == 30 - 18
     drafts, drafted, accepted = (_counter(metrics, n) for n in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"))
     print(f"\n[firp 0.34] drafts={drafts} draft_tokens={drafted} accepted={accepted} metrics={metrics}")
     assert drafts > 0 and drafted == 3 * drafts
+    assert drafts < sum(MAX_TOKENS)  # the K=3 run has fewer steps than tokens
     assert 1 + accepted / drafts > 1.2, "FIRP drafts are (almost) never accepted"
 
 
 @needs_034
-def test_per_step_k_zero_drafts_nothing(model_dir, baseline):
-    tokens, metrics = _run(model_dir, _spec(3, num_speculative_tokens_per_batch_size=[[1, 1024, 0]]))
+def test_per_step_k_from_the_scheduler(model_dir, baseline):
+    """K=2 while both requests run, K=0 (draft nothing) once one has finished: the scheduler's per-step K."""
+    tokens, metrics, _ = _run(model_dir, _spec(3, num_speculative_tokens_per_batch_size=[[1, 1, 0], [2, 4, 2]]))
     assert tokens == baseline
-    assert _counter(metrics, "num_draft_tokens") == 0
+    drafts, drafted = _counter(metrics, "num_drafts"), _counter(metrics, "num_draft_tokens")
+    per_pos = metrics.get("vllm:spec_decode_num_accepted_tokens_per_pos")
+    print(f"\n[firp 0.34, K by batch size] drafts={drafts} draft_tokens={drafted} per_pos={per_pos}")
+    assert 0 < drafts and drafted == 2 * drafts
+    # With K=2 until the first request ends after 12 tokens, at most 2 x 12 drafts (one per step and request);
+    # the 12 tokens the other request still generates alone are drafted with K=0.
+    assert drafts <= 2 * MAX_TOKENS[0]
+    assert per_pos is None or not per_pos[2:] or sum(per_pos[2:]) == 0
 
 
 @needs_034
