@@ -39,7 +39,7 @@ MAX_LEN = 256
 SMALL = (("The capital of France is", 12), ("def fibonacci(n):\n    ", 24))
 ENGINE = dict(
     enforce_eager=True, max_model_len=MAX_LEN, dtype="float32", distributed_executor_backend="uni", block_size=32,
-    max_num_seqs=8, max_num_batched_tokens=256, seed=0, disable_log_stats=False, enable_prefix_caching=False,
+    max_num_seqs=8, max_num_batched_tokens=256, seed=0, disable_log_stats=False, enable_prefix_caching=True,
 )
 needs_034 = pytest.mark.skipif(not IS_034, reason=f"vLLM 0.34 tests; this venv has vLLM {vllm.__version__}")
 
