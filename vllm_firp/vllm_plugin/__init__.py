@@ -16,10 +16,12 @@ import importlib.util
 
 
 def register() -> None:
-    """Entry point: patch vLLM (idempotent; see :mod:`vllm_firp.vllm_plugin.patches`)."""
-    from .patches import apply
+    """Entry point: FIRP's patches (:mod:`.patches`), then the CPU fixes of vLLM's sampling (:mod:`.cpu_fixes`,
+    switch ``VLLM_FIRP_CPU_FIXES``); both idempotent."""
+    from . import cpu_fixes, patches
 
-    apply()
+    patches.apply()
+    cpu_fixes.apply()
 
 
 def vllm_unavailable_reason() -> str | None:
