@@ -27,7 +27,7 @@ def register() -> None:
 def vllm_unavailable_reason() -> str | None:
     """Why the real vLLM engine cannot run here (None when it can): not installed, import fails, no platform."""
     if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (pip install 'vllm-firp[vllm]' on a GPU machine, or ../shared/wheels on CPU)"
+        return "vllm is not installed (pip install 'vllm-firp[vllm]' on a GPU machine, 'vllm-firp[cpu]' on CPU)"
     try:
         from vllm.platforms import current_platform
     except Exception as e:  # noqa: BLE001 - any import failure means "cannot run"
