@@ -131,11 +131,15 @@ def _table(payload: dict) -> str:
 def run_demo(args: argparse.Namespace, run_pair: Callable, payload_of: Callable) -> int:
     """Run the demo with library output in the log; print the table (or, with --json, one JSON object)."""
     log = Path(args.log) if args.log else default_cache_dir() / "demo.log"
-    with noise_to(log) as console:
-        def say(*a: Any) -> None:  # --json: the console gets the JSON only
-            print(*a, file=console if not args.json else sys.stderr, flush=True)
+    try:
+        with noise_to(log) as console:
+            def say(*a: Any) -> None:  # --json: the console gets the JSON only
+                print(*a, file=console if not args.json else sys.stderr, flush=True)
 
-        payload = _run(args, run_pair, payload_of, say, log)
+            payload = _run(args, run_pair, payload_of, say, log)
+    except BaseException:
+        print(f"[demo] failed; what the libraries printed is in {log}", file=sys.stderr)
+        raise
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
