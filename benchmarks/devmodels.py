@@ -97,23 +97,14 @@ def dev_models(cache_dir: str | Path | None = None, size: str = "micro", k: int 
     """The best models available now, falling back step by step; ``describe()`` says which were used."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
-        from training.reference_model import ensure_reference_model
+        from vllm_firp.resolve import resolve
 
-        model, model_source = str(ensure_reference_model(size)), f"reference:{size}"
-    except ImportError:
-        model, model_source = str(tiny_llama(cache_dir / "tiny-llama")), "tiny-random"
-    heads, heads_source = None, "identity-init"
-    if model_source.startswith("reference"):
-        try:
-            from training.reference_heads import ensure_reference_heads
-
-            heads, heads_source = str(ensure_reference_heads(size)), f"trained:{size}"
-        except ImportError:
-            pass
-    if heads is None:
-        tag = Path(model).name
-        heads = str(identity_heads(cache_dir / f"identity-heads-{tag}-k{k}", model, k))
-    return DevModels(model, heads, model_source, heads_source)
+        m = resolve(size)
+        return DevModels(str(m.model), str(m.heads_dir()), f"reference:{size}", f"trained:{size}")
+    except ImportError:  # no trainer: a tiny random model with identity-initialised heads
+        model = str(tiny_llama(cache_dir / "tiny-llama"))
+    heads = str(identity_heads(cache_dir / f"identity-heads-{Path(model).name}-k{k}", model, k))
+    return DevModels(model, heads, "tiny-random", "identity-init")
 
 
 def code_prompts(models: DevModels, n: int, prompt_tokens: int = 48, seed: int = 0) -> list[str]:

@@ -261,23 +261,20 @@ def markdown(result: dict) -> str:
 
 
 def _models(args: argparse.Namespace) -> tuple[str, str, list[str]]:
-    """(model dir, heads dir, extra serve args) for a registry model name, a reference size or directories."""
-    if args.model in ("micro", "small"):
+    """(model dir, heads dir, extra serve args) via vllm_firp.resolve; the reference models get a chat template."""
+    from vllm_firp.resolve import resolve
+
+    models = resolve(args.model, {"firp": args.heads}, default_size=None)
+    extra = []
+    if models.reference_size:
         import tempfile
 
-        from benchmarks.devmodels import CHAT_TEMPLATE, dev_models
+        from benchmarks.devmodels import CHAT_TEMPLATE
 
-        m = dev_models(size=args.model)
         template = Path(tempfile.mkdtemp()) / "chat.jinja"
         template.write_text(CHAT_TEMPLATE)
-        return m.model, args.heads or m.heads, ["--chat-template", str(template)]
-    from vllm_firp.registry_models import CATALOG, ensure_registry_model, shipped_heads_dir
-
-    if args.model in CATALOG:
-        return str(ensure_registry_model(args.model)), args.heads or str(shipped_heads_dir(args.model)), []
-    if not args.heads:
-        raise SystemExit("--heads is required with a model directory")
-    return args.model, args.heads, []
+        extra = ["--chat-template", str(template)]
+    return str(models.model), str(models.heads_dir()), extra
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from training.reference_heads import parse_recipe_overrides
 from vllm_firp.core import FirpHeads
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
-from vllm_firp.registry_models import CATALOG, ensure_registry_model, shipped_heads_dir
+from vllm_firp.resolve import resolve
 
 from .measure import machine_info, measure, pick_threads
 from .methods import ABLATIONS, MAIN_METHODS, Builder, Options, ablation_methods
@@ -136,24 +136,15 @@ def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[i
 
 
 def resolve_paths(args: argparse.Namespace, need_heads: bool) -> dict[str, Path | None]:
-    from training.reference_heads import ensure_reference_heads
-    from training.reference_model import ensure_reference_model
-
-    progress = not args.quiet
-    if args.model is not None and not args.model.exists() and str(args.model) in CATALOG:
-        name = str(args.model)
-        args.model = ensure_registry_model(name, progress=progress)
-        args.heads = args.heads or shipped_heads_dir(name)
-        args.medusa_heads = args.medusa_heads or shipped_heads_dir(name, "medusa")
-    model = args.model or ensure_reference_model(args.size, progress=progress)
-    reference = args.model is None
+    """Model and heads (vllm_firp.resolve): --model (registry name or directory) or the reference of --size."""
+    directory = args.model is not None and Path(args.model).is_dir()
+    train = need_heads or args.model is not None  # registry heads ship; reference heads are trained on demand
     recipe = args.heads_recipe
-    heads = args.heads or (ensure_reference_heads(args.size, "firp", progress=progress, **recipe)
-                           if reference and need_heads else None)
-    medusa_recipe = {k: v for k, v in recipe.items() if k in MEDUSA_RECIPE_FIELDS}
-    medusa = args.medusa_heads or (ensure_reference_heads(args.size, "medusa", progress=progress, **medusa_recipe)
-                                   if reference and need_heads else None)
-    return {"model": model, "heads": heads, "medusa_heads": medusa}
+    m = resolve(args.model, {"firp": args.heads, "medusa": args.medusa_heads},
+                methods=("firp", "medusa") if train and not directory else (), default_size=args.size,
+                recipes={"firp": recipe, "medusa": {k: v for k, v in recipe.items() if k in MEDUSA_RECIPE_FIELDS}},
+                progress=not args.quiet)
+    return {"model": m.model, "heads": m.heads.get("firp"), "medusa_heads": m.heads.get("medusa")}
 
 
 def set_threads(args: argparse.Namespace, builder: Builder, prompt: list[int]) -> dict:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
+from vllm_firp.registry_models import CATALOG
 
 METHODS = ("none", "ngram", "firp", "medusa", "early-exit", "eagle3", "suffix")  # after firp: vLLM's own methods
 
@@ -72,11 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="allow torch.compile (default: enforce_eager)")
     p.add_argument("--kv-cache-gib", default="2", help="VLLM_CPU_KVCACHE_SPACE for the CPU build (default: 2)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds allowed per method subprocess")
-    p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)  # internal: run one method
-    p.add_argument("--prompts-file", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--draft-dir", help=argparse.SUPPRESS)  # internal: the exported vLLM draft of the method
-    p.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     return p
+
+
+# The worker's settings, written as one JSON file by the orchestrator (``--worker FILE``).
+WORKER_FIELDS = ("model", "heads", "batch_sizes", "repeats", "max_tokens", "num_spec_tokens", "ngram_min",
+                 "ngram_max", "dtype", "max_model_len", "compile", "k_schedule")
 
 
 # --------------------------------------------------------------------------------------------- worker
@@ -114,10 +116,12 @@ def _tpot(out: Any, wall: float) -> float:
     return wall / max(n, 1)
 
 
-def run_worker(args: argparse.Namespace) -> None:
+def run_worker(spec_file: Path) -> None:
+    """One method in this process, as the JSON ``spec_file`` says (written by :func:`run_method`)."""
     from vllm import LLM, SamplingParams
 
-    prompts = [json.loads(line)["prompt"] for line in args.prompts_file.read_text().splitlines()]
+    args = argparse.Namespace(**json.loads(Path(spec_file).read_text()))
+    prompts = [json.loads(line)["prompt"] for line in Path(args.prompts_file).read_text().splitlines()]
     llm = LLM(model=args.model, speculative_config=spec_config(args.worker, args), dtype=args.dtype,
               max_model_len=args.max_model_len, enforce_eager=not args.compile, disable_log_stats=False,
               max_num_seqs=max(args.batch_sizes), seed=0)
@@ -144,26 +148,22 @@ def run_worker(args: argparse.Namespace) -> None:
                 "texts": [o.outputs[0].text for o in outs] if r == 0 else None,
             })
             print(f"[{args.worker}] B={b} r={r}: {tokens / wall:.1f} tok/s", file=sys.stderr, flush=True)
-    args.result_file.write_text(json.dumps(rows))
+    Path(args.result_file).write_text(json.dumps(rows))
 
 
 # ---------------------------------------------------------------------------------------- orchestrator
 def resolve_models(args: argparse.Namespace) -> None:
-    from vllm_firp.registry_models import CATALOG, ensure_registry_model, shipped_heads_dir
+    """Model and heads (vllm_firp.resolve): a registry name, a directory, or the reference of --size."""
+    from vllm_firp.resolve import resolve
 
-    if args.model is not None and not Path(args.model).exists() and args.model in CATALOG:
-        name = args.model  # a registry model (smollm2-135m-instruct): fetched and cached, with its shipped heads
-        args.model = str(ensure_registry_model(name))
-        args.heads = args.heads or str(shipped_heads_dir(name))
-        args.medusa_heads = args.medusa_heads or str(shipped_heads_dir(name, "medusa"))
-    if args.model is None:
-        from training.reference_model import ensure_reference_model
-
-        args.model = str(ensure_reference_model(args.size))
-    if args.heads is None and "firp" in args.methods:
-        from training.reference_heads import ensure_reference_heads
-
-        args.heads = str(ensure_reference_heads(args.size))
+    wanted = [m for m in ("firp", "medusa", "eagle3") if m in args.methods]
+    if str(args.model) in CATALOG:
+        wanted.append("firp")  # the shipped heads set K even when FIRP itself is not run
+    models = resolve(args.model, {"firp": args.heads, "medusa": args.medusa_heads, "eagle3": args.eagle3_heads},
+                     methods=wanted, default_size=args.size)
+    args.model = str(models.model)
+    args.heads, args.medusa_heads, args.eagle3_heads = (
+        str(models.heads[m]) if m in models.heads else None for m in ("firp", "medusa", "eagle3"))
     if args.num_spec_tokens is None:
         from vllm_firp.core import FirpConfig
 
@@ -172,17 +172,9 @@ def resolve_models(args: argparse.Namespace) -> None:
 
     args.draft_dirs = {}
     if "medusa" in args.methods:
-        if args.medusa_heads is None:
-            from training.reference_heads import ensure_reference_heads
-
-            args.medusa_heads = str(ensure_reference_heads(args.size, "medusa"))
         args.draft_dirs["medusa"] = str(export_medusa_for_vllm(args.medusa_heads, args.model,
                                                                args.out / "drafts" / "medusa-vllm"))
     if "eagle3" in args.methods:
-        if args.eagle3_heads is None:
-            from training.reference_heads import ensure_reference_eagle3
-
-            args.eagle3_heads = str(ensure_reference_eagle3(args.size))
         args.draft_dirs["eagle3"] = str(export_eagle3_for_vllm(args.eagle3_heads, args.model,
                                                                args.out / "drafts" / "eagle3-vllm"))
     if "early-exit" in args.methods:
@@ -200,16 +192,11 @@ def run_order(methods: list[str], rounds: int) -> list[tuple[int, str]]:
 def run_method(method: str, args: argparse.Namespace, prompts_file: Path, round_: int = 0) -> list[dict[str, Any]]:
     tag = method if round_ == 0 else f"{method}-round{round_ + 1}"
     result = args.out / f"raw-{tag}.json"
-    cmd = [sys.executable, "-m", "benchmarks.vllm_throughput", "--worker", method, "--out", str(args.out),
-           "--model", args.model, "--prompts-file", str(prompts_file), "--result-file", str(result),
-           "--batch-sizes", ",".join(map(str, args.batch_sizes)), "--repeats", str(args.repeats),
-           "--max-tokens", str(args.max_tokens), "--num-spec-tokens", str(args.num_spec_tokens),
-           "--ngram-min", str(args.ngram_min), "--ngram-max", str(args.ngram_max), "--dtype", args.dtype,
-           "--max-model-len", str(args.max_model_len), "--methods", method]
-    cmd += ["--heads", args.heads] if args.heads else []
-    cmd += ["--draft-dir", args.draft_dirs[method]] if method in args.draft_dirs else []
-    cmd += ["--compile"] if args.compile else []
-    cmd += ["--k-schedule", json.dumps(args.k_schedule)] if args.k_schedule else []
+    spec = {"worker": method, "prompts_file": str(prompts_file), "result_file": str(result),
+            "draft_dir": args.draft_dirs.get(method), **{k: getattr(args, k) for k in WORKER_FIELDS}}
+    spec_file = args.out / f"worker-{tag}.json"
+    spec_file.write_text(json.dumps(spec, indent=1))
+    cmd = [sys.executable, "-m", "benchmarks.vllm_throughput", "--worker", str(spec_file)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
     log = args.out / f"{tag}.log"
     print(f"[vllm_throughput] {method}: running (log {log})", file=sys.stderr, flush=True)
@@ -301,14 +288,15 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--worker"] and len(argv) == 2:  # internal: one method, its settings in one JSON file
+        run_worker(Path(argv[1]))
+        return 0
     args = build_parser().parse_args(argv)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := set(args.methods) - set(METHODS):
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
-    if args.worker:
-        run_worker(args)
-        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     resolve_models(args)
     from training.reference_model import write_heldout_prompts

@@ -10,7 +10,8 @@ import os
 import pytest
 
 from vllm_firp.core import FirpHeads, parse_tree_spec
-from vllm_firp.registry_models import chat_ids, ensure_registry_model, mt_bench_questions, shipped_heads_dir
+from vllm_firp.registry_models import chat_ids, mt_bench_questions, shipped_heads_dir
+from vllm_firp.resolve import resolve
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -21,10 +22,10 @@ NUM_PROMPTS, NEW_TOKENS = 20, 64
 def real() -> dict:
     from transformers import AutoTokenizer
 
-    model_dir = ensure_registry_model(MODEL)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    models = resolve(MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(models.model)
     questions = mt_bench_questions()[:: 80 // NUM_PROMPTS][:NUM_PROMPTS]  # every category
-    return {"model": model_dir, "heads": shipped_heads_dir(MODEL), "questions": questions, "tokenizer": tokenizer,
+    return {"model": models.model, "heads": models.heads_dir(), "questions": questions, "tokenizer": tokenizer,
             "prompts": [chat_ids(tokenizer, q["turns"][0]) for q in questions]}
 
 

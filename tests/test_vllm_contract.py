@@ -1,4 +1,4 @@
-"""Contract with vLLM 0.32: every symbol patches.py touches or relies on is where and what we expect.
+"""Contract with vLLM 0.32: every symbol patches.py and cpu_fixes.py touch or rely on is where and what we expect.
 
 If a vLLM upgrade moves or renames any of them, a test here fails and names it; re-read
 docs/vllm-integration-notes.md against the new source before touching the version pin.
@@ -15,12 +15,13 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e
 pytestmark = pytest.mark.vllm
 
 from vllm_firp.vllm_plugin import config as fc  # noqa: E402
-from vllm_firp.vllm_plugin import patches  # noqa: E402
+from vllm_firp.vllm_plugin import cpu_fixes, patches  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _plugin():
     assert patches.apply(), "the plugin refused to patch this vLLM"
+    assert cpu_fixes.apply(), "the CPU fixes were not applied (VLLM_FIRP_CPU_FIXES=0?)"
 
 
 def _resolve(module: str, qualname: str):
@@ -82,7 +83,7 @@ def test_untested_vllm_version_is_refused_with_a_warning(monkeypatch):
     assert any("speculative method 'firp' is NOT available" in r.getMessage() for r in records)
 
 
-@pytest.mark.parametrize("module,qualname", patches.PATCHED)
+@pytest.mark.parametrize("module,qualname", patches.PATCHED + cpu_fixes.PATCHED)
 def test_patched_symbol_exists_and_is_wrapped_once(module, qualname):
     obj = _resolve(module, qualname)
     if qualname.endswith(".method"):
@@ -91,6 +92,7 @@ def test_patched_symbol_exists_and_is_wrapped_once(module, qualname):
     assert getattr(fn, "__firp_patched__", False), f"{module}.{qualname} is not patched"
     assert not getattr(fn.__wrapped_original__, "__firp_patched__", False), "patched twice"
     patches.apply()  # idempotent
+    cpu_fixes.apply()
     again = _resolve(module, qualname)
     assert (again.fget if isinstance(again, property) else again) is fn
 
@@ -105,17 +107,17 @@ def _expand_cases():
 
 
 def test_cpu_expand_kernel_fix_expands_every_dtype():
-    """Row 10: what the Triton expand_kernel computes, for float32, int32 and int64 outputs."""
+    """cpu_fixes row 1: what the Triton expand_kernel computes, for float32, int32 and int64 outputs."""
     import torch
 
     for x, cu, src, dst, want in _expand_cases():
         out = torch.full((5,), 42, dtype=x.dtype)
-        patches.expand_kernel_impl(out, x, cu, src, dst, MAX_NUM_TOKENS=128)
+        cpu_fixes.expand_kernel_impl(out, x, cu, src, dst, MAX_NUM_TOKENS=128)
         assert out.tolist() == pytest.approx(want), (x.dtype, out.tolist())
 
 
 def test_cpu_expand_kernel_is_still_broken_upstream():
-    """The reason for row 10. When this fails, vLLM fixed its CPU fallback: drop row 10 from patches.py."""
+    """The reason for cpu_fixes row 1. When this fails, vLLM fixed its CPU fallback: drop row 1 of cpu_fixes.py."""
     import torch
     from vllm.platforms import current_platform
 
@@ -123,20 +125,31 @@ def test_cpu_expand_kernel_is_still_broken_upstream():
         pytest.skip("the C++ fallback exists only in vLLM's CPU build")
     from vllm.v1.sample import rejection_sampler
 
-    original = patches.expand_kernel_impl.__wrapped_original__
+    original = cpu_fixes.expand_kernel_impl.__wrapped_original__
     x, cu, src, dst, want = next(_expand_cases())
     out = torch.full((5,), 42.0)
     original(out, x, cu, src, dst)
-    assert out.tolist() != pytest.approx(want), "vLLM's CPU expand_kernel works now: remove row 10"
+    assert out.tolist() != pytest.approx(want), "vLLM's CPU expand_kernel works now: remove cpu_fixes row 1"
     # End to end, as the worker does it: register the platform's overrides, expand through the sampler.
     current_platform.register_triton_kernel_overrides()
     expanded = rejection_sampler.expand_batch_to_tokens(x, cu, len(want), replace_from=src, replace_to=dst)
     assert expanded.tolist() == pytest.approx(want)
 
 
+def test_cpu_fixes_switch(monkeypatch):
+    """VLLM_FIRP_CPU_FIXES: 1 (default) applies the fixes, 0 leaves vLLM as shipped, anything else is refused."""
+    monkeypatch.delenv(cpu_fixes.ENV, raising=False)
+    assert cpu_fixes.enabled()
+    monkeypatch.setenv(cpu_fixes.ENV, "0")
+    assert not cpu_fixes.enabled() and cpu_fixes.apply() is False
+    monkeypatch.setenv(cpu_fixes.ENV, "yes")
+    with pytest.raises(ValueError, match="VLLM_FIRP_CPU_FIXES must be 0 or 1"):
+        cpu_fixes.enabled()
+
+
 def test_cpu_generators_still_cannot_be_rewound_upstream():
-    """The reason for rows 11-12. When this fails, vLLM changed how it rewinds seeded generators after a
-    discarded partial-prefill sample: re-read ``_bookkeeping_sync`` and drop or adapt rows 11-12."""
+    """The reason for cpu_fixes rows 2-3. When this fails, vLLM changed how it rewinds seeded generators after
+    a discarded partial-prefill sample: re-read ``_bookkeeping_sync`` and drop or adapt rows 2-3."""
     import torch
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 

@@ -238,7 +238,7 @@ def test_seeded_sampling(firp, workload):
 
 
 def test_seeded_requests_prefilled_in_chunks(baseline, firp):
-    """vLLM 0.32's CPU runner crashed on these ("CPU Generator does not use offset"; patches.py rows 11-12).
+    """vLLM 0.32's CPU runner crashed on these ("CPU Generator does not use offset"; cpu_fixes.py rows 2-3).
 
     Without speculation a seed fixes the output whatever the chunking: the samples drawn for partial
     prefills are discarded and must leave the generator as it was (2 vs 3 of them here).
@@ -254,7 +254,7 @@ def test_sampling_keeps_the_target_distribution(firp, workload, models):
     Statistic: the sum over sampled tokens of surprisal minus the entropy of the distribution it was drawn
     from, both from an independent HF forward. Under the right distribution each term has mean 0 and a
     known variance, so the sum is ~N(0, sum of variances). Verifying drafts against any other distribution
-    (e.g. a wrong temperature per draft position, patches.py row 10) moves it by tens of sigmas.
+    (e.g. a wrong temperature per draft position, cpu_fixes.py row 1) moves it by tens of sigmas.
     """
     from transformers import AutoModelForCausalLM
     from vllm import SamplingParams

@@ -173,11 +173,11 @@ def test_medusa_served_by_vllm(micro_models, micro_code_prompts, baseline, tmp_p
     from transformers import AutoModelForCausalLM
 
     from training.medusa import MedusaDrafter
-    from training.reference_heads import ensure_reference_heads
     from vllm_firp.core import chain_tree
     from vllm_firp.engine.engine import FirpEngine
+    from vllm_firp.resolve import resolve
 
-    heads_dir = ensure_reference_heads("micro", "medusa")
+    heads_dir = resolve("micro", methods=("medusa",)).heads_dir("medusa")
     out = export_medusa_for_vllm(heads_dir, micro_models.model, tmp_path_factory.mktemp("vllm-medusa"))
     hf = AutoModelForCausalLM.from_pretrained(micro_models.model, dtype=torch.float32).eval()
     heads = MedusaHeads.from_pretrained(heads_dir, hf.config, dtype=torch.float32)

@@ -50,7 +50,8 @@ def _run_pair(engine: FirpEngine, prompt_ids: list[int], args: argparse.Namespac
     return out
 
 
-def _report(tokenizer, results: dict[str, Generation], as_json: bool, extra: dict | None = None) -> None:
+def _payload(tokenizer, results: dict[str, Generation]) -> dict:
+    """Text, tokens and stats per mode; with both modes, whether FIRP equals plain decoding and the speedup."""
     payload = {
         mode: {"text": tokenizer.decode(g.tokens), "tokens": g.tokens, "finish_reason": g.finish_reason,
                **g.stats.to_dict(len(g.tokens))}
@@ -60,6 +61,11 @@ def _report(tokenizer, results: dict[str, Generation], as_json: bool, extra: dic
         payload["identical_to_plain"] = results["firp"].tokens == results["ar"].tokens
         ar_tps, firp_tps = payload["ar"]["tokens_per_second"], payload["firp"]["tokens_per_second"]
         payload["speedup"] = round(firp_tps / ar_tps, 3) if ar_tps and firp_tps else None
+    return payload
+
+
+def _report(tokenizer, results: dict[str, Generation], as_json: bool, extra: dict | None = None) -> None:
+    payload = _payload(tokenizer, results)
     payload.update(extra or {})
     if as_json:
         print(json.dumps(payload, indent=2))
@@ -102,7 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args, _run_pair, _report)
+    return run_demo(args, _run_pair, _payload)
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
@@ -190,8 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", choices=["auto", "reference", "vllm"], default="auto",
         help="auto = vLLM when it can run here, plus the reference engine; reference = reference engine only",
     )
+    demo.add_argument("--log", default=None, help="file for everything vLLM, torch, transformers and tqdm print "
+                      "(default: $VLLM_FIRP_CACHE/demo.log)")
     _add_decoding_flags(demo)
-    demo.set_defaults(func=cmd_demo, max_new_tokens=96)
+    tree = next(a for a in demo._actions if a.dest == "tree")
+    tree.help = tree.help.replace(" (default budget:16)", "; the demo's default, auto, times each candidate tree on "
+                                  "this machine and runs the one with the best expected tokens per unit of cost")
+    demo.set_defaults(func=cmd_demo, max_new_tokens=96, tree="auto")
     return parser
 
 

