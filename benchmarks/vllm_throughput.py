@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-exit-layers", type=int, default=2,
                    help="decoder layers of the early-exit draft (default: 2)")
     p.add_argument("--batch-sizes", default="1,4,16,32", help="comma-separated batch sizes (default: 1,4,16,32)")
-    p.add_argument("--repeats", type=int, default=3, help="distinct prompt sets per batch size; medians over them")
+    p.add_argument("--repeats", type=int, default=3, help="the prompt pool is max(batch sizes) x this many prompts; "
+                   "every batch size serves the whole pool (acceptance pooled over it, speed medians over its calls)")
     p.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (EOS ignored)")
     p.add_argument("--prompt-tokens", type=int, default=64, help="approximate prompt length in tokens")
     p.add_argument("--rounds", type=int, default=1, help="run the whole method list this many times, its order "
@@ -128,9 +129,10 @@ def run_worker(spec_file: Path) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     llm.generate(prompts[: max(args.batch_sizes)], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)
     rows = []
+    pool = prompts[: max(args.batch_sizes) * args.repeats]  # every batch size serves these same prompts
     for b in args.batch_sizes:
-        for r in range(args.repeats):
-            batch = [prompts[(r * b + i) % len(prompts)] for i in range(b)]
+        for r in range(-(-len(pool) // b)):
+            batch = [pool[(r * b + i) % len(pool)] for i in range(b)]
             d0, a0, p0 = _spec_counters(llm)
             t0 = time.perf_counter()
             outs = llm.generate(batch, params, use_tqdm=False)
@@ -141,6 +143,8 @@ def run_worker(spec_file: Path) -> None:
                 "method": args.worker, "batch_size": b, "repeat": r, "output_tokens": tokens, "seconds": wall,
                 "tokens_per_s": tokens / wall, "tpot_ms": 1000 * statistics.median(_tpot(o, wall) for o in outs),
                 "acceptance_length": 1 + (a1 - a0) / (d1 - d0) if d1 > d0 else None,
+                "drafts": d1 - d0, "accepted": a1 - a0,  # raw counts: acceptance is pooled over the prompt pool
+                "accepted_per_position": [y - x for x, y in zip(p0 or [0] * len(p1), p1, strict=False)],
                 # share of drafts whose position-k token was accepted, k = 1..K
                 "acceptance_per_position": [round((y - x) / (d1 - d0), 4) for x, y in zip(p0 or [0] * len(p1), p1,
                                                                                             strict=False)]
@@ -218,14 +222,13 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for method in dict.fromkeys(r["method"] for r in rows):
         for b in sorted({r["batch_size"] for r in rows if r["method"] == method}):
             rs = [r for r in rows if r["method"] == method and r["batch_size"] == b]
-            acc = [r["acceptance_length"] for r in rs if r["acceptance_length"] is not None]
-            per_pos = [r["acceptance_per_position"] for r in rs if r.get("acceptance_per_position")]
+            drafts = sum(r.get("drafts", 0) for r in rs)  # pooled, not a median of per-call ratios
+            per_pos = [r["accepted_per_position"] for r in rs if r.get("drafts")]
             out.append({"method": method, "batch_size": b, "repeats": len(rs),
                         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
                         "tpot_ms": statistics.median(r["tpot_ms"] for r in rs),
-                        "acceptance_length": statistics.median(acc) if acc else None,
-                        "acceptance_per_position": [round(statistics.median(col), 3) for col in zip(*per_pos,
-                                                                                                   strict=True)]
+                        "acceptance_length": 1 + sum(r["accepted"] for r in rs) / drafts if drafts else None,
+                        "acceptance_per_position": [round(sum(col) / drafts, 3) for col in zip(*per_pos, strict=True)]
                         if per_pos else None})
     base = {s["batch_size"]: s["tokens_per_s"] for s in out if s["method"] == "none"}
     for s in out:
@@ -240,7 +243,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta.get('cpu_capability', '?')}, native bf16 {meta.get('cpu_native_bf16', '?')}); {meta['max_tokens']} output tokens per "
         f"request ({meta.get('prompts', 'held-out code windows')}), K={meta['num_spec_tokens']}"
         + (f" (per batch size: {meta['k_schedule']})" if meta.get("k_schedule") else "")
-        + f", medians over {meta['repeats']} prompt sets x {meta.get('rounds', 1)} round(s) (method order reversed "
+        + f"; every batch size serves the same pool of max(batch) x {meta['repeats']} prompts, acceptance pooled "
+        f"over it, speed medians over its calls x {meta.get('rounds', 1)} round(s) (method order reversed "
         "every other round); FIRP heads "
         f"{meta['heads']}.", "",
         f"commit `{meta.get('commit', '?')}`, {meta.get('date', '')}; command: `{meta.get('command', '')}`", "",

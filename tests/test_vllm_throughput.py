@@ -13,16 +13,18 @@ from benchmarks import vllm_throughput  # noqa: E402
 from benchmarks.devmodels import dev_models  # noqa: E402
 
 
-def test_summary_pairs_speedups_per_batch_size():
+def test_summary_pairs_speedups_per_batch_size_and_pools_acceptance():
     rows = [
-        {"method": m, "batch_size": b, "tokens_per_s": tps, "tpot_ms": 1000 / tps, "acceptance_length": acc}
-        for m, b, tps, acc in [("none", 1, 10.0, None), ("none", 1, 30.0, None), ("none", 4, 40.0, None),
-                               ("firp", 1, 25.0, 2.0), ("firp", 1, 35.0, 3.0), ("firp", 4, 20.0, 1.5)]
+        {"method": m, "batch_size": b, "tokens_per_s": tps, "tpot_ms": 1000 / tps, "drafts": d, "accepted": a,
+         "accepted_per_position": [a] if d else [], "acceptance_length": 1 + a / d if d else None}
+        for m, b, tps, d, a in [("none", 1, 10.0, 0, 0), ("none", 1, 30.0, 0, 0), ("none", 4, 40.0, 0, 0),
+                                ("firp", 1, 25.0, 10, 10), ("firp", 1, 35.0, 30, 60), ("firp", 4, 20.0, 40, 20)]
     ]
     summary = {(s["method"], s["batch_size"]): s for s in vllm_throughput.summarize(rows)}
     assert summary["none", 1]["tokens_per_s"] == 20.0 and summary["none", 1]["acceptance_length"] is None
     assert summary["firp", 1]["speedup"] == pytest.approx(30.0 / 20.0)
-    assert summary["firp", 1]["acceptance_length"] == 2.5
+    # accepted / drafted over the whole pool (70 / 40), not the median of per-call ratios (2.0, 3.0)
+    assert summary["firp", 1]["acceptance_length"] == pytest.approx(2.75)
     assert summary["firp", 4]["speedup"] == pytest.approx(0.5)
 
 
