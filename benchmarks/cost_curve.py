@@ -112,7 +112,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
         what = (f"random {dtype_name(dtype)} weights, {args.layers} of {full_layers} layers built; "
                 f"full depth composed as layers*{full_layers / args.layers:g} + head")
     else:
-        from training.reference_model import ensure_reference_model
+        from vllm_firp_training.reference_model import ensure_reference_model
 
         model_dir = ensure_reference_model(name, progress=False)
         dtype = model_dtype(model_dir, args.dtype)

@@ -110,7 +110,7 @@ def dev_models(cache_dir: str | Path | None = None, size: str = "micro", k: int 
 def code_prompts(models: DevModels, n: int, prompt_tokens: int = 48, seed: int = 0) -> list[str]:
     """``n`` code prompts: held-out stdlib windows for the reference model, stdlib windows otherwise."""
     if models.model_source.startswith("reference"):
-        from training.reference_model import write_heldout_prompts
+        from vllm_firp_training.reference_model import write_heldout_prompts
 
         with tempfile.TemporaryDirectory() as tmp:
             recs = write_heldout_prompts(Path(tmp) / "p.jsonl", n, prompt_tokens, Path(models.model), seed=seed)

@@ -82,7 +82,7 @@ class Builder:
         return Method(name, engine, drafter, t, "firp-tree-sparse", budget, note)
 
     def medusa(self, name: str, heads: Any, tree: bool, budget: int | None = None) -> Method:
-        from training.medusa import MedusaDrafter
+        from vllm_firp_training.medusa import MedusaDrafter
 
         drafter = MedusaDrafter(heads, self.parts.lm_head)
         K = heads.K

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from vllm_firp_training.reference_heads import parse_recipe_overrides
 
-from training.reference_heads import parse_recipe_overrides
 from vllm_firp.core import FirpHeads
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
 from vllm_firp.resolve import resolve
@@ -109,8 +109,8 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 
 def load_prompts(args: argparse.Namespace, model_dir: Path) -> tuple[list[list[int]], list[list[int]], list[str] | None]:
     """(measured prompts, calibration prompts) as token ids, and each prompt's MT-bench category (or None)."""
-    from training.data import encode_prompts, read_prompt_records
-    from training.reference_model import write_heldout_prompts
+    from vllm_firp_training.data import encode_prompts, read_prompt_records
+    from vllm_firp_training.reference_model import write_heldout_prompts
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     firp_heads = FirpHeads.from_pretrained(paths["heads"], model.config, dtype=dtype) if paths["heads"] else None
     medusa_heads = None
     if paths["medusa_heads"]:
-        from training.medusa import MedusaHeads
+        from vllm_firp_training.medusa import MedusaHeads
 
         medusa_heads = MedusaHeads.from_pretrained(paths["medusa_heads"], model.config, dtype=dtype)
     prompts, calib, groups = load_prompts(args, Path(paths["model"]))
@@ -221,14 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _recipe_fields() -> set[str]:
-    from training.reference_heads import HeadsRecipe
+    from vllm_firp_training.reference_heads import HeadsRecipe
 
     return {f.name for f in dataclasses.fields(HeadsRecipe)}
 
 
 def _firp_loader(args: argparse.Namespace, default: FirpHeads | None, model_config: Any, dtype: torch.dtype):
     """Heads for an ablation variant: the reference recipe of --size plus overrides, trained on first use."""
-    from training.reference_heads import ensure_reference_heads
+    from vllm_firp_training.reference_heads import ensure_reference_heads
 
     def load(overrides: dict) -> FirpHeads:
         merged = {**args.heads_recipe, **overrides}

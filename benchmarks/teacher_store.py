@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from training import teacher_cache, train
+from vllm_firp_training import teacher_cache, train
+
 from vllm_firp.core.precision import precision_report, resolve_dtype
 
 

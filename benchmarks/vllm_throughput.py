@@ -172,7 +172,11 @@ def resolve_models(args: argparse.Namespace) -> None:
         from vllm_firp.core import FirpConfig
 
         args.num_spec_tokens = FirpConfig.load(args.heads).K if args.heads else 3
-    from training.export_vllm import export_eagle3_for_vllm, export_early_exit_draft, export_medusa_for_vllm
+    from vllm_firp_training.export_vllm import (
+        export_eagle3_for_vllm,
+        export_early_exit_draft,
+        export_medusa_for_vllm,
+    )
 
     args.draft_dirs = {}
     if "medusa" in args.methods:
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
     args.out.mkdir(parents=True, exist_ok=True)
     resolve_models(args)
-    from training.reference_model import write_heldout_prompts
+    from vllm_firp_training.reference_model import write_heldout_prompts
 
     from .measure import machine_info
 

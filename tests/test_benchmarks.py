@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from vllm_firp_training.medusa import MedusaConfig, MedusaHeads
 
 from benchmarks import run
 from benchmarks.cost_curve import StepTimer, curve
@@ -13,7 +14,6 @@ from benchmarks.drafters import EarlyExitDrafter, PromptLookupDrafter
 from benchmarks.measure import Method, OutputMismatch, calibrate_rank_probs, measure
 from benchmarks.methods import Builder, Options, ablation_variants
 from benchmarks.report import write_report
-from training.medusa import MedusaConfig, MedusaHeads
 from vllm_firp.engine.drafters import DraftContext, NoDrafter
 from vllm_firp.engine.engine import FirpEngine
 

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from training import build_dataset as bd
-from training.data import DataError, is_heldout, load_sequences
-from training.shards import ShardDir, verify
-from training.task_kinds import KINDS, TOPICS, opener_text
+from vllm_firp_training import build_dataset as bd
+from vllm_firp_training.data import DataError, is_heldout, load_sequences
+from vllm_firp_training.shards import ShardDir, verify
+from vllm_firp_training.task_kinds import KINDS, TOPICS, opener_text
 
 
 def test_kinds_cover_what_users_ask() -> None:

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from vllm_firp_training import chat_prompts
+from vllm_firp_training.data import DataError
 
 from benchmarks.devmodels import default_cache_dir, tiny_llama
-from training import chat_prompts
-from training.data import DataError
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("vllm_firp", "training", "benchmarks", "tests")  # bottom floor first
+TRAINER, TRAINER_NAME = "training", "vllm_firp_training"
 PRODUCT_FLOORS = ("vllm_firp.core", "vllm_firp.engine", "vllm_firp.vllm_plugin")  # then vllm_firp's top-level modules
 
 
@@ -40,7 +41,8 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             for alias in node.names:
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
-    return found
+    # The trainer's one import name is vllm_firp_training (its folder is training/).
+    return {TRAINER + m[len(TRAINER_NAME):] if m.split(".")[0] == TRAINER_NAME else m for m in found}
 
 
 def _graph(package: str) -> dict[str, set[str]]:
@@ -98,3 +100,17 @@ def test_no_arrow_back_up() -> None:
     up = [f"{name} imports {m}" for name, path in mods.items() for m in sorted(_imports(name, path, known))
           if m.split(".")[0] in ours and _floor(m) > _floor(name)]
     assert not up, "imports that point up a floor:\n" + "\n".join(up)
+
+
+def test_the_trainer_has_one_import_name() -> None:
+    """``training.x`` and ``vllm_firp_training.x`` would be two module objects of one file."""
+    by_folder = [f"{name} imports {m}" for package in ("benchmarks", "tests")
+                 for name, path in _modules(package).items()
+                 for m in _raw_imports(path) if m.split(".")[0] == TRAINER]
+    assert not by_folder, "import the trainer as vllm_firp_training:\n" + "\n".join(by_folder)
+
+
+def _raw_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}

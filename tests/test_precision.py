@@ -103,7 +103,8 @@ def _bf16_checkpoint(directory: Path) -> Path:
 
 
 def test_avx2_upcasts_a_bf16_checkpoint_everywhere_it_is_loaded(avx2: CpuInfo, tmp_path: Path) -> None:
-    from training.data import load_base_model
+    from vllm_firp_training.data import load_base_model
+
     from vllm_firp.core import FirpConfig, FirpHeads
     from vllm_firp.engine.engine import FirpEngine
 
@@ -118,7 +119,7 @@ def test_avx2_upcasts_a_bf16_checkpoint_everywhere_it_is_loaded(avx2: CpuInfo, t
 
 
 def test_avx2_reference_builds_and_heads_run_in_fp32(avx2: CpuInfo) -> None:
-    from training import reference_model as rm
+    from vllm_firp_training import reference_model as rm
 
     for preset in rm.PRESETS.values():
         assert preset.train_dtype == "auto" and rm.train_dtype(preset) == FP32
@@ -127,8 +128,8 @@ def test_avx2_reference_builds_and_heads_run_in_fp32(avx2: CpuInfo) -> None:
 
 def test_reference_cache_keys_follow_the_training_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     """A model (and heads) trained in fp32 is not the bf16-trained one: they get separate cache entries."""
-    from training import reference_heads as rh
-    from training import reference_model as rm
+    from vllm_firp_training import reference_heads as rh
+    from vllm_firp_training import reference_model as rm
 
     monkeypatch.delenv(precision.ENV_VAR, raising=False)
     paths = {}
@@ -141,8 +142,9 @@ def test_reference_cache_keys_follow_the_training_dtype(monkeypatch: pytest.Monk
 
 
 def _all_dtype_flags() -> dict[str, argparse.Action]:
+    from vllm_firp_training import evaluate, generate_data, train
+
     from benchmarks import cost_curve, run, vllm_throughput
-    from training import evaluate, generate_data, train
     from vllm_firp import cli
 
     modules = (cli, train, evaluate, generate_data, run, vllm_throughput, cost_curve)

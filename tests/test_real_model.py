@@ -58,7 +58,8 @@ def test_reference_engine_greedy_equals_plain_on_mt_bench(real: dict) -> None:
 
 def test_shipped_medusa_baseline_is_lossless_and_accepted(real: dict) -> None:
     """The Medusa heads shipped beside FIRP's (same data, same budget) load, validate and draft usefully."""
-    from training.medusa import MedusaDrafter, MedusaHeads
+    from vllm_firp_training.medusa import MedusaDrafter, MedusaHeads
+
     from vllm_firp.core import budget_tree
     from vllm_firp.engine.engine import FirpEngine
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from training import reference_model as rm
+from vllm_firp_training import reference_model as rm
 
 TINY = rm.ReferencePreset(
     name="tiny", vocab_size=384, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
@@ -194,7 +193,7 @@ def test_cli_help_and_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     cmd = [
         sys.executable,
         "-m",
-        "training.reference_model",
+        "vllm_firp_training.reference_model",
         "path",
         "--size",
         "micro",

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from vllm_firp_training import generate_data, teacher_cache, train
+from vllm_firp_training.data import DataError, load_base_model, load_sequences
+from vllm_firp_training.methods import cached_draft_outputs, draft_outputs, new_heads
+from vllm_firp_training.objective import distill_loss
 
 from tests.test_training import save_model, write_prompts
-from training import generate_data, teacher_cache, train
-from training.data import DataError, load_base_model, load_sequences
-from training.methods import cached_draft_outputs, draft_outputs, new_heads
-from training.objective import distill_loss
 from vllm_firp.engine.hf_model import ModelParts
 
 
@@ -107,7 +107,7 @@ def test_bad_caches_are_refused(root: Path, tmp_path: Path) -> None:
 
 
 def test_inject_sweep_trains_evaluates_and_tabulates(root: Path) -> None:
-    from training import inject_sweep
+    from vllm_firp_training import inject_sweep
 
     out = root / "sweep"
     rc = inject_sweep.main(["--model", str(root / "model"), "--teacher-cache", str(root / "cache"), "--data",
@@ -125,7 +125,7 @@ def test_inject_sweep_trains_evaluates_and_tabulates(root: Path) -> None:
 
 
 def test_scaling_curve_trains_each_budget_once_and_plots(root: Path) -> None:
-    from training import scaling_curve
+    from vllm_firp_training import scaling_curve
 
     out = root / "scaling"
     argv = ["--model", str(root / "model"), "--teacher-cache", str(root / "compact"), "--data", str(root / "data"),

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from vllm_firp_training import evaluate as ev
+from vllm_firp_training import generate_data, train
+from vllm_firp_training.data import load_sequences
+from vllm_firp_training.medusa import MedusaDrafter, MedusaHeads
 
-from training import evaluate as ev
-from training import generate_data, train
-from training.data import load_sequences
-from training.medusa import MedusaDrafter, MedusaHeads
 from vllm_firp.core import FirpCheckpointError, FirpHeads, chain_tree
 from vllm_firp.engine.engine import FirpEngine
 
@@ -226,7 +226,7 @@ def test_torchrun_two_ranks_equal_one_rank_with_accumulation(workdir: Path) -> N
     common = train_args(workdir, "ddp2", "--steps", "4", "--threads", "1")
     ddp = [a if a != "2" or common[i - 1] != "--grad-accum" else "1" for i, a in enumerate(common)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "training.train",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "vllm_firp_training.train",
                     *ddp], check=True, env=env, capture_output=True, timeout=120)
     train.train(train.build_parser().parse_args(train_args(workdir, "ddp1", "--steps", "4", "--threads", "1")))
     a = FirpHeads.from_pretrained(workdir / "ddp1")

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tests.test_training import V, save_model, word_tokenizer
-from training import generate_data, train
-from training.data import (
+from vllm_firp_training import generate_data, train
+from vllm_firp_training.data import (
     DataError,
     SequenceStore,
     cut_text_prompts,
@@ -17,7 +15,9 @@ from training.data import (
     load_sequences,
     read_prompt_records,
 )
-from training.generate_data import GenerationSettings, fit_prompts
+from vllm_firp_training.generate_data import GenerationSettings, fit_prompts
+
+from tests.test_training import V, save_model, word_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_text_file_prompts(tmp_path: Path) -> None:
 
 
 def test_long_prompt_policies() -> None:
-    from training.data import Prompt
+    from vllm_firp_training.data import Prompt
 
     prompts = [Prompt("a", [1] * 10), Prompt("b", [1] * 50)]
     assert [p.key for p in fit_prompts(prompts, 64, 20, "skip")] == ["a"]
@@ -144,8 +144,9 @@ def test_training_refuses_empty_or_foreign_data(tmp_path: Path, model_dir: Path,
 
 
 def test_evaluate_refuses_heads_of_another_model(tmp_path: Path, model_dir: Path, capsys) -> None:
+    from vllm_firp_training import evaluate
+
     from tests.test_training import perm_model
-    from training import evaluate
     from vllm_firp.core import FirpConfig, FirpHeads
 
     other, _ = perm_model(vocab=V + 2)

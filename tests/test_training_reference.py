@@ -6,8 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
-from training import reference_heads as rh
+from vllm_firp_training import reference_heads as rh
 
 
 def test_cache_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

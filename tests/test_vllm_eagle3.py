@@ -19,11 +19,11 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from vllm_firp_training.eagle3 import Eagle3Draft  # noqa: E402
+from vllm_firp_training.export_vllm import export_eagle3_for_vllm  # noqa: E402
+from vllm_firp_training.reference_heads import ensure_reference_eagle3  # noqa: E402
 
 from tests.test_vllm_peers import _generate, _runner, _same_greedy  # noqa: E402
-from training.eagle3 import Eagle3Draft  # noqa: E402
-from training.export_vllm import export_eagle3_for_vllm  # noqa: E402
-from training.reference_heads import ensure_reference_eagle3  # noqa: E402
 
 K = 3
 # Measured on micro, 12 held-out prompts x 48 tokens (K=3): 2.11 (Medusa 1.82); without fc.weight: 1.0-1.11.

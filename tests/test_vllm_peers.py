@@ -24,11 +24,11 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from vllm_firp_training import export_vllm  # noqa: E402
+from vllm_firp_training.export_vllm import ExportError, export_early_exit_draft, export_medusa_for_vllm  # noqa: E402
+from vllm_firp_training.medusa import MedusaConfig, MedusaHeads  # noqa: E402
 
 from tests.helpers import engine_metrics, shutdown_engine, tiny_model  # noqa: E402
-from training import export_vllm  # noqa: E402
-from training.export_vllm import ExportError, export_early_exit_draft, export_medusa_for_vllm  # noqa: E402
-from training.medusa import MedusaConfig, MedusaHeads  # noqa: E402
 from vllm_firp.core import FirpCheckpointError  # noqa: E402
 
 K = 3
@@ -171,8 +171,8 @@ def _check_peer(name: str, got: dict, baseline: dict) -> None:
 
 def test_medusa_served_by_vllm(micro_models, micro_code_prompts, baseline, tmp_path_factory):
     from transformers import AutoModelForCausalLM
+    from vllm_firp_training.medusa import MedusaDrafter
 
-    from training.medusa import MedusaDrafter
     from vllm_firp.core import chain_tree
     from vllm_firp.engine.engine import FirpEngine
     from vllm_firp.resolve import resolve

@@ -7,7 +7,7 @@ do not end with the end-of-turn token (truncated), are too short, or repeat anot
 folded) are dropped. Output: ``prompts.jsonl`` with ``{"messages": [{"role": "user", "content": ...}]}``
 records, ready for ``training.generate_data``.
 
-    python -m training.chat_prompts --model MODEL --num-prompts 2000 --out prompts.jsonl
+    python -m vllm_firp_training.chat_prompts --model MODEL --num-prompts 2000 --out prompts.jsonl
 """
 
 from __future__ import annotations

@@ -306,13 +306,13 @@ def load_sequences(
     """Sequences of a data dir (or its ``sequences.jsonl``) for ``split`` in train|eval|all."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data path {path} does not exist: run `python -m training.generate_data` first")
+        raise DataError(f"data path {path} does not exist: run `python -m vllm_firp_training.generate_data` first")
     directory = path if path.is_dir() else path.parent
     store = SequenceStore(directory)
     if path.is_file():
         store.path = path
     if not store.path.is_file():
-        raise DataError(f"no {SEQUENCES} in {directory}: run `python -m training.generate_data` first")
+        raise DataError(f"no {SEQUENCES} in {directory}: run `python -m vllm_firp_training.generate_data` first")
     seqs = [s for s in store.read() if len(s.ids) >= min_len]
     if split not in ("train", "eval", "all"):
         raise ValueError(f"split must be train, eval or all, not {split!r}")

@@ -1,6 +1,6 @@
 """Held-out evaluation of FIRP / Medusa heads: accuracy, expected and measured acceptance, hidden-state similarity.
 
-    python -m training.evaluate --model MODEL --heads heads/ --data data/ --out-dir eval/ [--engine-prompts 8]
+    python -m vllm_firp_training.evaluate --model MODEL --heads heads/ --data data/ --out-dir eval/ [--engine-prompts 8]
 
 Per draft position k (drafting x_{i+k+1} from anchor i): top-1/top-5 accuracy against the base model's
 greedy token (argmax p_{i+k}, what greedy verification compares with) and against the data token.
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Evaluate FIRP or Medusa heads on held-out self-distillation data.")
     p.add_argument("--model", required=True, help="the base model (HF directory or id)")
     p.add_argument("--heads", required=True, type=Path, help="heads directory (FIRP or Medusa format)")
-    p.add_argument("--data", required=True, type=Path, help="data directory from training.generate_data")
+    p.add_argument("--data", required=True, type=Path, help="data directory from vllm_firp_training.generate_data")
     p.add_argument("--out-dir", type=Path, help="where eval.json and eval.png go (default: <heads>-eval)")
     p.add_argument("--split", choices=["eval", "train", "all"], default="eval", help="which sequences: the "
                    "held-out ones (default), the training ones, or all")

@@ -20,9 +20,9 @@
   embeddings, saved as an ordinary HF checkpoint that vLLM's ``method: "draft_model"`` serves (a
   SPEED/LayerSkip-style self-draft with no training).
 
-    python -m training.export_vllm medusa --heads H --model M --out O
-    python -m training.export_vllm early-exit --model M --layers N --out O
-    python -m training.export_vllm eagle3 --draft D --model M --out O
+    python -m vllm_firp_training.export_vllm medusa --heads H --model M --out O
+    python -m vllm_firp_training.export_vllm early-exit --model M --layers N --out O
+    python -m vllm_firp_training.export_vllm eagle3 --draft D --model M --out O
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ output (greedy by default, matching greedy serving). vLLM's offline ``LLM.genera
 can run here, HF ``generate`` (batched, left-padded, with attention masks) otherwise. Results are
 appended to ``<out>/sequences.jsonl`` per batch; rerunning skips prompts already done.
 
-    python -m training.generate_data --model MODEL --prompts prompts.jsonl --out data/
-    python -m training.generate_data --model MODEL --text-file corpus/*.txt --num-prompts 2000 --out data/
+    python -m vllm_firp_training.generate_data --model MODEL --prompts prompts.jsonl --out data/
+    python -m vllm_firp_training.generate_data --model MODEL --text-file corpus/*.txt --num-prompts 2000 --out data/
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .data import (
     read_prompt_records,
 )
 
-log = logging.getLogger("training.generate_data")
+log = logging.getLogger("vllm_firp_training.generate_data")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Where does FIRP's accuracy peak? Train at several inject layers (and the baselines) from one teacher cache.
 
-    python -m training.inject_sweep --model MODEL --teacher-cache cache/ --data data/ --out-dir sweep/ \\
+    python -m vllm_firp_training.inject_sweep --model MODEL --teacher-cache cache/ --data data/ --out-dir sweep/ \\
         --inject-layers 12,18,23,26 --baselines medusa,eagle3 --jobs 2 -- --steps 150 --grad-accum 8 ...
 
 Every run gets the same training flags (after ``--``: the same steps, anchors, optimizer; the same
@@ -27,7 +27,7 @@ from typing import Any
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="firp inject-sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the frozen base model (HF directory)")
-    p.add_argument("--teacher-cache", required=True, type=Path, help="cache from training.teacher_cache")
+    p.add_argument("--teacher-cache", required=True, type=Path, help="cache from vllm_firp_training.teacher_cache")
     p.add_argument("--data", required=True, type=Path, help="data directory whose held-out sequences evaluate")
     p.add_argument("--out-dir", required=True, type=Path, help="heads, evaluations and the sweep tables go here")
     p.add_argument("--inject-layers", default="12,18,23,26", help="FIRP inject layers to train (default 12,18,23,26)")

@@ -7,7 +7,7 @@ every method and ablation with the same data settings) -> ``training.train``. He
 covers the recipe, the method, the model's own cache key and this file's CODE_VERSION, so a change to
 any of them builds new heads. Builds go through a temp directory and an atomic rename.
 
-    python -m training.reference_heads --size micro --method firp
+    python -m vllm_firp_training.reference_heads --size micro --method firp
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def evaluate_reference_heads(size: str = "micro", method: str = "firp", cache_di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.reference_heads",
+    p = argparse.ArgumentParser(prog="python -m vllm_firp_training.reference_heads",
                                 description="Build (or find) the cached FIRP/Medusa heads of the reference model.")
     p.add_argument("--size", choices=sorted(RECIPES), default="micro", help="reference model size (default micro)")
     p.add_argument("--method", choices=["firp", "medusa"], default="firp", help="heads to train (default firp)")

@@ -10,7 +10,7 @@ The saved directory is a plain Hugging Face checkpoint (``config.json``, ``model
 vLLM load. The tokenizer prepends ``<|endoftext|>`` (bos == eos) to every encoded text, exactly as
 training documents were packed.
 
-CLI: ``python -m training.reference_model {build,prompts,path,files} --help``.
+CLI: ``python -m vllm_firp_training.reference_model {build,prompts,path,files} --help``.
 """
 
 from __future__ import annotations
@@ -507,7 +507,7 @@ def _cut_prompt(tokenizer, lines: list[str], prompt_tokens: int) -> str | None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.reference_model",
+        prog="python -m vllm_firp_training.reference_model",
         description="Train / locate the reference Llama model trained on the Python standard library.",
     )
     sub = p.add_subparsers(dest="cmd", required=True)

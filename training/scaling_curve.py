@@ -1,7 +1,7 @@
 """Acceptance against training data: each draft kind trained on growing anchor budgets, scored held out and on
 MT-bench, as a table and a plot (``scaling.{json,md,png}``), so anyone can predict what more data buys.
 
-    python -m training.scaling_curve --model M --teacher-cache CACHE --data DATA \\
+    python -m vllm_firp_training.scaling_curve --model M --teacher-cache CACHE --data DATA \\
         --anchors 133000,500000,2000000 --methods firp,medusa,eagle3 --out benchmarks/results/smollm2-scaling
 
 Every point trains from the same teacher cache (every response position an anchor, same schedule shape, lr and
@@ -130,7 +130,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.scaling_curve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vllm_firp_training.scaling_curve", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF model directory (the frozen base model)")
     p.add_argument("--teacher-cache", type=Path, required=True, help="teacher cache over the training data")
     p.add_argument("--data", type=Path, required=True, help="the data directory the cache was built from (held-out "
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, OSError, RuntimeError) as e:
         print(f"scaling_curve: error: {e}", file=sys.stderr)
         return 2
-    report = {"command": "python -m training.scaling_curve " + " ".join(sys.argv[1:] if argv is None else argv),
+    report = {"command": "python -m vllm_firp_training.scaling_curve " + " ".join(sys.argv[1:] if argv is None else argv),
               "anchors_per_sequence": round(per_seq, 1), "rows": rows}
     (args.out / "scaling.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "scaling.md").write_text(markdown(rows))

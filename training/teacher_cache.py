@@ -1,6 +1,6 @@
 """Run the frozen teacher once, keep what every student needs, train from that.
 
-    python -m training.teacher_cache --model MODEL --data data/ --out cache/ --layers 2,12,15,18,23,26,27 \\
+    python -m vllm_firp_training.teacher_cache --model MODEL --data data/ --out cache/ --layers 2,12,15,18,23,26,27 \\
         --kv-from 12 --max-sequences 600 --seq-len 384
 
 The teacher (a causal pass of the base model) costs a full forward per token; a FIRP student only
@@ -159,7 +159,7 @@ class TeacherCache:
             self.meta = json.loads((self.dir / META).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"{self.dir} is not a teacher cache ({META}: {e}); build one with "
-                            "python -m training.teacher_cache") from e
+                            "python -m vllm_firp_training.teacher_cache") from e
         if self.meta.get("format") != FORMAT:
             raise DataError(f"{self.dir / META} is not a {FORMAT} (format={self.meta.get('format')!r})")
         self.paths = sorted(self.dir.glob("[0-9]*.safetensors"))
@@ -187,7 +187,7 @@ class TeacherCache:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="firp teacher-cache", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF model directory (the frozen base model)")
-    p.add_argument("--data", required=True, type=Path, help="data directory from training.generate_data")
+    p.add_argument("--data", required=True, type=Path, help="data directory from vllm_firp_training.generate_data")
     p.add_argument("--out", required=True, type=Path, help="cache directory (resumes when it exists)")
     p.add_argument("--layers", required=True, help="comma list of layers whose residual stream to keep (FIRP inject "
                    "layers, EAGLE-3 aux layers); the final-normed state is always kept")

@@ -1,6 +1,6 @@
 """Train FIRP projection heads (or the Medusa / EAGLE-3 baselines) on a frozen HF causal LM.
 
-    python -m training.train --model MODEL --data data/ --out heads/ --steps 2000
+    python -m vllm_firp_training.train --model MODEL --data data/ --out heads/ --steps 2000
     torchrun --nproc-per-node 8 -m training.train ...        # data-parallel, same flags
 
 Each micro-batch is one sequence: one forward (teacher + student, see training.objective), loss
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--model", required=True, help="HF model directory or id (frozen base model)")
-    g.add_argument("--data", type=Path, help="data directory from training.generate_data")
+    g.add_argument("--data", type=Path, help="data directory from vllm_firp_training.generate_data")
     g.add_argument("--teacher-cache", type=Path, help="train from a cache built by training.teacher_cache (the "
                    "teacher pass done once) instead of --data")
     g.add_argument("--out", required=True, type=Path, help="final heads directory (config.json + model.safetensors)")

@@ -44,15 +44,14 @@ class Models:
 
 
 def trainer(module: str) -> ModuleType:
-    """A module of the trainer: ``vllm_firp_training`` when installed, the checkout's ``training/`` otherwise."""
-    for package in ("vllm_firp_training", "training"):
-        try:
-            return importlib.import_module(f"{package}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name not in (package, f"{package}.{module}"):
-                raise
-    raise ModuleNotFoundError(f"reference models need the trainer (vllm_firp_training, installed with this "
-                              f"package, or training/ in a checkout); {module} not found")
+    """A module of the trainer (``vllm_firp_training``, installed with this package; ``training/`` in a checkout)."""
+    try:
+        return importlib.import_module(f"vllm_firp_training.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("vllm_firp_training", f"vllm_firp_training.{module}"):
+            raise
+        raise ModuleNotFoundError("reference models need the trainer (vllm_firp_training, installed with this "
+                                  f"package); {module} not found") from exc
 
 
 def resolve(
