@@ -5,7 +5,7 @@ tau / (cost(rows) / cost(1)). This measures that ratio instead of assuming it is
 
     python -m benchmarks.cost_curve --out bench-out/cost [--models micro,llama-1b-like,llama-7b-like]
 
-Every forward runs through ``vllm_firp.engine.hf_model.forward_rows`` (the reference engine's path)
+Every forward runs through ``vllm_firp.engine.forward.forward_rows`` (the reference engine's path)
 with ``--context`` tokens already in the K/V cache, the n new rows causal among themselves, and the
 final norm + LM head applied to all n rows (what verification of an n-node tree needs).
 
@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from vllm_firp.core import causal_layout
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype, resolve_dtype
-from vllm_firp.engine.hf_model import ModelParts, commit_rows, forward_rows, new_cache
+from vllm_firp.engine.forward import ModelParts, commit_rows, forward_rows, new_cache
 
 from .measure import machine_info, machine_line, pick_threads
 

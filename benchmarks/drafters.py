@@ -20,7 +20,7 @@ import torch
 
 from vllm_firp.core import causal_layout
 from vllm_firp.engine.drafters import DraftContext, Drafter
-from vllm_firp.engine.hf_model import ModelParts, commit_rows, forward_rows, new_cache
+from vllm_firp.engine.forward import ModelParts, commit_rows, forward_rows, new_cache
 
 
 class PromptLookupDrafter:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vllm_firp.registry_models import chat_ids, mt_bench_questions
+from vllm_firp.packaged_models import chat_ids, mt_bench_questions
 
 
 def pick_questions(per_category: int) -> tuple[list[dict], list[dict]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name, model_dtype
-from vllm_firp.registry_models import CATALOG
+from vllm_firp.packaged_models import CATALOG
 
 METHODS = ("none", "ngram", "firp", "medusa", "early-exit", "eagle3", "suffix")  # after firp: vLLM's own methods
 

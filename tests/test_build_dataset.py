@@ -87,7 +87,7 @@ RECIPE = bd.Recipe(num_prompts=6, passage_fraction=0.34, follow_up_fraction=0.5,
 
 @pytest.fixture(scope="module")
 def smollm2() -> str:
-    from vllm_firp.registry_models import ensure_registry_model
+    from vllm_firp.packaged_models import ensure_registry_model
 
     return str(ensure_registry_model("smollm2-135m-instruct"))
 

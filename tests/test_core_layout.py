@@ -18,7 +18,7 @@ from vllm_firp.core import (
     reach_probabilities,
     tree_layout,
 )
-from vllm_firp.engine.hf_model import ModelParts, commit_rows, forward_rows, new_cache
+from vllm_firp.engine.forward import ModelParts, commit_rows, forward_rows, new_cache
 
 
 def test_tree_buffers_worked_example() -> None:

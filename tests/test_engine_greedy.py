@@ -9,7 +9,7 @@ from tests.helpers import ARCHS, OracleDrafter, random_heads, tiny_model
 from vllm_firp.core import budget_tree, build_tree, chain_tree, tree_layout
 from vllm_firp.core.layout import step_layout
 from vllm_firp.engine.engine import FirpEngine
-from vllm_firp.engine.hf_model import forward_rows, new_cache
+from vllm_firp.engine.forward import forward_rows, new_cache
 
 PROMPTS_PER_ARCH = 70  # 3 architectures -> 210 prompts
 MAX_NEW = 24

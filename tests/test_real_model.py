@@ -10,7 +10,7 @@ import os
 import pytest
 
 from vllm_firp.core import FirpHeads, parse_tree_spec
-from vllm_firp.registry_models import chat_ids, mt_bench_questions, shipped_heads_dir
+from vllm_firp.packaged_models import chat_ids, mt_bench_questions, shipped_heads_dir
 from vllm_firp.resolve import resolve
 
 pytestmark = pytest.mark.slow

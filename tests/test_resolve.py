@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vllm_firp import resolve as rs
-from vllm_firp.registry_models import RegistryModelError
+from vllm_firp.packaged_models import RegistryModelError
 
 
 def test_registry_name_gets_the_shipped_heads(monkeypatch, tmp_path):

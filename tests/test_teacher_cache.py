@@ -9,11 +9,11 @@ import pytest
 import torch
 from vllm_firp_training import generate_data, teacher_cache, train
 from vllm_firp_training.data import DataError, load_base_model, load_sequences
-from vllm_firp_training.methods import cached_draft_outputs, draft_outputs, new_heads
+from vllm_firp_training.kinds import cached_draft_outputs, draft_outputs, new_heads
 from vllm_firp_training.objective import distill_loss
 
 from tests.test_training import save_model, write_prompts
-from vllm_firp.engine.hf_model import ModelParts
+from vllm_firp.engine.forward import ModelParts
 
 
 @pytest.fixture(scope="module")

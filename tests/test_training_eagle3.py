@@ -17,11 +17,11 @@ from vllm_firp_training import export_vllm, generate_data, train
 from vllm_firp_training.data import load_sequences
 from vllm_firp_training.eagle3 import Eagle3Config, Eagle3Draft, default_aux_layers
 from vllm_firp_training.export_vllm import ExportError, export_eagle3_for_vllm
-from vllm_firp_training.methods import load_heads, new_heads
+from vllm_firp_training.kinds import load_heads, new_heads
 
 from tests.test_training import perm_model, save_model, write_prompts
 from vllm_firp.core import FirpCheckpointError
-from vllm_firp.engine.hf_model import ModelParts
+from vllm_firp.engine.forward import ModelParts
 
 K = 3
 

@@ -68,7 +68,7 @@ def test_firp_is_a_registered_speculative_method():
 
 
 def _model_dir() -> str:
-    from vllm_firp.registry_models import ensure_registry_model
+    from vllm_firp.packaged_models import ensure_registry_model
 
     return str(ensure_registry_model("smollm2-135m-instruct", progress=False))
 
@@ -160,7 +160,7 @@ def _baseline(model_dir, workload):
 
 
 def _spec(k=None, **extra):
-    from vllm_firp.registry_models import shipped_heads_dir
+    from vllm_firp.packaged_models import shipped_heads_dir
 
     sc = {"method": "firp", "model": str(shipped_heads_dir("smollm2-135m-instruct")), **extra}
     if k is not None:

@@ -48,7 +48,7 @@ def _spec(path: Path) -> dict:
 def test_eagle3_served_by_vllm(micro_models, micro_code_prompts, baseline, exported):
     from transformers import AutoModelForCausalLM
 
-    from vllm_firp.engine.hf_model import ModelParts
+    from vllm_firp.engine.forward import ModelParts
 
     draft_dir, out = exported
     hf = AutoModelForCausalLM.from_pretrained(micro_models.model, dtype=torch.float32).eval()

@@ -121,7 +121,7 @@ def ngrams(tokens: Sequence[str], n: int) -> set[str]:
 
 def benchmark_ngrams(n: int = 8) -> set[str]:
     """Word n-grams of every MT-bench turn: a training prompt sharing one is dropped."""
-    from vllm_firp.registry_models import mt_bench_questions
+    from vllm_firp.packaged_models import mt_bench_questions
 
     return set().union(*(ngrams(words(t), n) for q in mt_bench_questions() for t in q["turns"]))
 
@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1 if problems else 0
         model = _model_dir(args.model)
         if args.report:
-            from vllm_firp.registry_models import mt_bench_questions
+            from vllm_firp.packaged_models import mt_bench_questions
 
             text = prompt_report(args.out, load_tokenizer(model), mt_bench_questions())
             write_atomic(args.out / "stats.md", text)
@@ -540,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _model_dir(model: str) -> str:
     if Path(model).is_dir():
         return model
-    from vllm_firp.registry_models import CATALOG, ensure_registry_model
+    from vllm_firp.packaged_models import CATALOG, ensure_registry_model
 
     if model in CATALOG:
         return str(ensure_registry_model(model))

@@ -144,7 +144,7 @@ def _chat_ids(messages: Any, tokenizer: Any, i: int) -> list[int]:
             "the prompts are chat conversations but the tokenizer has no chat template; "
             "give plain {'prompt': text} records instead"
         )
-    from vllm_firp.registry_models import conversation_ids
+    from vllm_firp.packaged_models import conversation_ids
 
     return conversation_ids(tokenizer, messages[: users[-1] + 1])
 

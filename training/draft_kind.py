@@ -1,7 +1,7 @@
 """What the trainer needs of a draft kind, as one object: make, load, run, run on a cached teacher, export.
 
 Each kind (``firp``, ``medusa``, ``eagle3``) is one :class:`DraftKind` in its own module, named by the
-``format`` its checkpoints carry; ``training.methods`` registers them, so nothing dispatches on types.
+``format`` its checkpoints carry; ``training.kinds`` registers them, so nothing dispatches on types.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from vllm_firp.core import DraftModule
-from vllm_firp.engine.hf_model import ModelParts
+from vllm_firp.engine.forward import ModelParts
 
 from .objective import DraftOutputs
 

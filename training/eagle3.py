@@ -33,7 +33,7 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, apply_rotary_pos_emb
 
 from vllm_firp.core import DraftConfig, DraftModule, FirpCheckpointError, causal_layout
-from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
+from vllm_firp.engine.forward import ModelParts, forward_rows, new_cache
 
 from .draft_kind import DraftKind
 from .export_inputs import WEIGHTS, check_heads_format, model_config_json, model_shape

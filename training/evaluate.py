@@ -32,10 +32,10 @@ from vllm_firp.core import (
     expected_accepted_length,
 )
 from vllm_firp.core.precision import DTYPE_CHOICES
-from vllm_firp.engine.hf_model import ModelParts
+from vllm_firp.engine.forward import ModelParts
 
 from .data import TokenSequence, load_frozen_model, load_sequences
-from .methods import Heads, kind_of, load_heads
+from .kinds import Heads, kind_of, load_heads
 from .objective import DraftOutputs, sample_anchors
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vllm_firp.core import FirpHeads, causal_layout
-from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache, pseudo_forward
+from vllm_firp.engine.forward import ModelParts, forward_rows, new_cache, pseudo_forward
 
 from .draft_kind import DraftKind
 from .objective import DraftOutputs

@@ -23,7 +23,7 @@ from torch import nn
 
 from vllm_firp.core import DraftConfig, DraftModule, causal_layout
 from vllm_firp.engine.drafters import DraftContext
-from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache
+from vllm_firp.engine.forward import ModelParts, forward_rows, new_cache
 
 from .draft_kind import DraftKind
 from .export_inputs import WEIGHTS, check_heads_format, model_config_json, model_shape, target_lm_head

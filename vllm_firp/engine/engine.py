@@ -27,7 +27,7 @@ from ..core import (
 )
 from ..core.precision import model_dtype
 from .drafters import DraftContext, Drafter, FirpDrafter, NoDrafter
-from .hf_model import ModelParts, commit_rows, forward_rows, new_cache
+from .forward import ModelParts, commit_rows, forward_rows, new_cache
 
 
 @dataclass

@@ -10,7 +10,7 @@ request, live apart in :mod:`vllm_firp.vllm_plugin.cpu_fixes` with their own swi
 | 4 | ``config.vllm.VllmConfig.num_lookahead_tokens`` (property)        | replace          | reserve K KV slots past each request for the pseudo tokens |
 | 5 | ``VllmConfig._get_v2_model_runner_unsupported_features``          | wrap             | force the V1 model runner (MRV2 has no FIRP drafter) |
 | 6 | ``VllmConfig.__post_init__``                                      | wrap             | refuse LoRA / KV connectors / EP with firp at config time |
-| 7 | ``v1.worker.gpu_model_runner.GPUModelRunner.__init__``            | wrap             | build FirpDrafter via the custom_class branch, enable aux outputs |
+| 7 | ``v1.worker.gpu_model_runner.GPUModelRunner.__init__``            | wrap             | build FirpProposer via the custom_class branch, enable aux outputs |
 | 8 | ``GPUModelRunner.propose_draft_token_ids``                        | wrap, firp first | the method chain has no else branch |
 | 9 | ``GPUModelRunner.initialize_metadata_builders``                   | wrap             | attention metadata builders for layers t+1..L |
 
@@ -32,7 +32,7 @@ logger = logging.getLogger("vllm.plugins.firp")  # under "vllm": uses its handle
 
 SUPPORTED_VLLM = "0.32."
 FORCE_ENV = "VLLM_FIRP_ALLOW_UNTESTED_VLLM"
-DRAFTER_PATH = "vllm_firp.vllm_plugin.drafter.FirpDrafter"
+PROPOSER_PATH = "vllm_firp.vllm_plugin.proposer.FirpProposer"
 PATCHED: list[tuple[str, str]] = [
     ("vllm.config.speculative", "SpeculativeConfig.method"),
     ("vllm.config.speculative", "SpeculativeConfig.__post_init__"),
@@ -153,7 +153,7 @@ def patch_runner() -> None:
             heads_dir = sc.model
             # The V1 runner's method chain ends in "Unknown speculative decoding method"; its
             # custom_class branch builds any proposer from a dotted path: borrow it for FIRP.
-            sc.method, sc.model = "custom_class", DRAFTER_PATH
+            sc.method, sc.model = "custom_class", PROPOSER_PATH
             try:
                 original(self, vllm_config, *args, **kwargs)
             finally:

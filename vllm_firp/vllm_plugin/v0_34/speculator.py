@@ -33,7 +33,7 @@ from vllm.v1.worker.gpu.spec_decode.speculator import DraftModelSpeculator
 from vllm_firp.core import FirpConfig, FirpHeads
 
 from .. import config as shared
-from ..drafter import pseudo_slots
+from ..proposer import pseudo_slots
 from .config import FirpConfigError, firp_info
 
 logger = logging.getLogger("vllm.plugins.firp")

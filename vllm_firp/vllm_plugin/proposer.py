@@ -61,7 +61,7 @@ def pseudo_slots(block_table: torch.Tensor, positions: torch.Tensor, block_size:
     return blocks * block_size + positions % block_size
 
 
-class FirpDrafter:
+class FirpProposer:
     """Built by the runner (via vLLM's custom_class hook, see patches.py); owns no copy of any weight."""
 
     def __init__(self, vllm_config: Any) -> None:

@@ -2,7 +2,7 @@
 
 import torch
 
-from vllm_firp.vllm_plugin.drafter import Anchor, find_anchors, pseudo_slots
+from vllm_firp.vllm_plugin.proposer import Anchor, find_anchors, pseudo_slots
 
 
 def test_anchor_rows_and_positions_follow_rejections():

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vllm_firp.core import DraftModule, read_format
-from vllm_firp.engine.hf_model import ModelParts
+from vllm_firp.engine.forward import ModelParts
 
 from .draft_kind import DraftKind
 from .eagle3 import EAGLE3

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_firp import registry_models as rm
+from vllm_firp import packaged_models as rm
 from vllm_firp.cli import main
 
 SPEC = rm.CATALOG["smollm2-135m-instruct"]

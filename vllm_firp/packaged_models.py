@@ -281,7 +281,7 @@ def _readme(spec: RegistryModel, check: dict) -> str:
     answers = "\n".join(f"- {a['prompt']!r} -> {a['answer']!r}" for a in check["answers"])
     return (f"# {spec.name}\n\n{spec.description}\n\nLicense: {spec.license}. Source: the `{spec.package}` wheel "
             f"(sha256 `{spec.wheel_sha256}`), file `{spec.gguf_member}`, converted by "
-            f"`vllm_firp.registry_models` (code version {CODE_VERSION}).\n\n"
+            f"`vllm_firp.packaged_models` (code version {CODE_VERSION}).\n\n"
             f"Checked: greedy answers of this checkpoint equal the GGUF-loaded model's:\n\n{answers}\n")
 
 
