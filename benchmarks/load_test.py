@@ -269,10 +269,10 @@ def _models(args: argparse.Namespace) -> tuple[str, str, list[str]]:
     if models.reference_size:
         import tempfile
 
-        from benchmarks.devmodels import CHAT_TEMPLATE
+        from vllm_firp.resolve import PLAIN_CHAT_TEMPLATE
 
         template = Path(tempfile.mkdtemp()) / "chat.jinja"
-        template.write_text(CHAT_TEMPLATE)
+        template.write_text(PLAIN_CHAT_TEMPLATE)
         extra = ["--chat-template", str(template)]
     return str(models.model), str(models.heads_dir()), extra
 

@@ -19,6 +19,6 @@ def micro_models():
 @pytest.fixture(scope="session")
 def micro_code_prompts(micro_models) -> list[str]:
     """12 held-out code prompts of the micro model: what the vLLM peer tests draft on."""
-    from benchmarks.devmodels import code_prompts
+    from tests.devmodels import code_prompts
 
     return code_prompts(micro_models, 12, prompt_tokens=64, seed=3)

@@ -108,7 +108,7 @@ def in_process_reference_models():
 
     import pytest
 
-    from benchmarks.devmodels import dev_models
+    from tests.devmodels import dev_models
 
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine: the test can reach the runner
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

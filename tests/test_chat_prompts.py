@@ -9,7 +9,7 @@ import pytest
 from vllm_firp_training import chat_prompts
 from vllm_firp_training.data import DataError
 
-from benchmarks.devmodels import default_cache_dir, tiny_llama
+from tests.devmodels import default_cache_dir, tiny_llama
 
 
 @pytest.fixture(scope="module")

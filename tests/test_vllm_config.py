@@ -11,7 +11,7 @@ pytestmark = pytest.mark.vllm
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from benchmarks.devmodels import default_cache_dir, identity_heads, tiny_llama  # noqa: E402
+from tests.devmodels import default_cache_dir, identity_heads, tiny_llama  # noqa: E402
 from vllm_firp.core import FirpConfig, FirpHeads  # noqa: E402
 from vllm_firp.vllm_plugin import patches  # noqa: E402
 

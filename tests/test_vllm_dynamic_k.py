@@ -13,7 +13,7 @@ import pytest
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' or the CPU build)")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-from benchmarks.devmodels import code_prompts, dev_models  # noqa: E402
+from tests.devmodels import code_prompts, dev_models  # noqa: E402
 from tests.helpers import engine_metrics, shutdown_engine  # noqa: E402
 
 

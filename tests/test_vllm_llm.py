@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 import torch  # noqa: E402
 
-from benchmarks.devmodels import code_prompts, dev_models  # noqa: E402
+from tests.devmodels import code_prompts, dev_models  # noqa: E402
 from tests.helpers import engine_metrics, shutdown_engine  # noqa: E402
 
 MAX_LEN = 384

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu]' or '.[vllm]')")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-from benchmarks.devmodels import code_prompts, dev_models  # noqa: E402
+from tests.devmodels import code_prompts, dev_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

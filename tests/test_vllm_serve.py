@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 import openai  # noqa: E402  (a dev dependency: missing it is an error, not a skip)
 
-from benchmarks.devmodels import CHAT_TEMPLATE, code_prompts, dev_models  # noqa: E402
 from benchmarks.serving import Server, counter, free_port, serve_cmd, serve_env  # noqa: E402
+from tests.devmodels import CHAT_TEMPLATE, code_prompts, dev_models  # noqa: E402
 
 SERVE_ARGS = ["--enforce-eager", "--max-model-len", "384", "--dtype", "float32", "--max-num-seqs", "16",
               "--max-num-batched-tokens", "128", "--disable-uvicorn-access-log"]

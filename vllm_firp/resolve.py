@@ -42,6 +42,12 @@ class Models:
     def reference_size(self) -> str | None:
         return self.source.partition(":")[2] if self.source.startswith("reference:") else None
 
+# A plain role-tagged chat template for the reference models, which ship none (tests, load test).
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
 
 def trainer(module: str) -> ModuleType:
     """A module of the trainer (``vllm_firp_training``, installed with this package; ``training/`` in a checkout)."""

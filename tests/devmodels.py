@@ -11,11 +11,7 @@ from pathlib import Path
 
 from vllm_firp.cache import atomic_build
 from vllm_firp.cache import default_cache_dir as project_cache_dir
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
+from vllm_firp.resolve import PLAIN_CHAT_TEMPLATE as CHAT_TEMPLATE
 
 
 @dataclass
