@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from vllm_firp_training import teacher_cache, train
 
-from vllm_firp.core.precision import precision_report, resolve_dtype
+from vllm_firp.core.precision import model_dtype, precision_report
 
 
 def _timed(fn, *args) -> float:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> dict:
                 "final_loss": recipe.get("final_loss")}
         rows.append(row)
     report = {"command": "python -m benchmarks.teacher_store " + " ".join(args.argv), "rows": rows,
-              **precision_report(resolve_dtype("auto")), "steps": args.steps, "sequences": args.sequences}
+              **precision_report(model_dtype(args.model)), "load_average": os.getloadavg()[0], "steps": args.steps, "sequences": args.sequences}
     shutil.rmtree(work, ignore_errors=True)
     return report
 
