@@ -97,18 +97,19 @@ class Crash(RuntimeError):
 
 
 def _build(model: str, root: Path, recipe: bd.Recipe = RECIPE, crash_after: int = 10**9) -> bd.Build:
-    """A build with one request per generate call, counted in ``build.calls``; the call after ``crash_after``
-    raises, as a machine going away would."""
-    build = bd.Build(model, root / "out", root / "work", recipe, backend="hf", dtype="float32", batch_size=1,
+    """A build (3 requests per batch) counting the requests it generates in ``build.requests``; the batch that
+    would pass ``crash_after`` requests raises instead, as a machine going away would."""
+    build = bd.Build(model, root / "out", root / "work", recipe, backend="hf", dtype="float32", batch_size=3,
                      progress=False, command="test")
-    engine, build.calls = build.engine, 0
+    engine, build.requests = build.engine, 0
     real = engine.generate
 
     def generate(prompts, settings=None):
-        build.calls += 1
-        if build.calls > crash_after:
+        if build.requests + len(prompts) > crash_after:
             raise Crash("the machine went away")
-        return real(prompts, settings)
+        out = real(prompts, settings)
+        build.requests += len(prompts)
+        return out
 
     engine.generate = generate
     return build
@@ -118,11 +119,12 @@ def _build(model: str, root: Path, recipe: bd.Recipe = RECIPE, crash_after: int 
 def test_interrupted_build_resumes_to_the_same_data(smollm2: str, tmp_path: Path) -> None:
     build = _build(smollm2, tmp_path / "straight")
     straight = build.run_all()
+    crashed = _build(smollm2, tmp_path / "resumed", crash_after=27)
     with pytest.raises(Crash):  # dies inside the answers stage, after the prompts were written
-        _build(smollm2, tmp_path / "resumed", crash_after=26).run_all()
+        crashed.run_all()
     again = _build(smollm2, tmp_path / "resumed")
     resumed = again.run_all()
-    assert again.calls == build.calls - 26  # nothing done before the crash is generated again
+    assert again.requests == build.requests - crashed.requests  # nothing done before the crash is generated again
 
     for name in (bd.PROMPTS, bd.PASSAGE_PROMPTS, bd.FOLLOW_UPS):
         assert (tmp_path / "straight/out" / name).read_text() == (tmp_path / "resumed/out" / name).read_text(), name

@@ -45,7 +45,7 @@ from vllm_firp.cache import default_cache_dir
 from vllm_firp.core.precision import dtype_name, resolve_dtype
 
 from .chat_prompts import user_turn_prefix
-from .data import SEQUENCES, DataError, Prompt, SequenceStore, TokenSequence
+from .data import SEQUENCES, DataError, Prompt, SequenceStore
 from .generate_data import GenerationSettings, fit_prompts, load_tokenizer, make_backend
 from .shards import ShardDir, sha256_file, verify, write_atomic
 from .task_kinds import FOLLOW_UP_OPENERS, KIND_BY_NAME, KINDS, opener_text
@@ -195,12 +195,15 @@ class Build:
         recipe = dataclasses.asdict(self.recipe)
         if path.is_file():
             manifest = json.loads(path.read_text())
+            if Path(manifest.get("model", self.model)).name != Path(self.model).name:
+                raise DataError(f"{path} was built from model {manifest['model']}, not {Path(self.model).name}: "
+                                "use another --out")
             if manifest.get("recipe") != recipe:
                 diff = sorted(k for k in recipe if manifest.get("recipe", {}).get(k) != recipe[k])
                 raise DataError(f"{path} was built with another recipe ({', '.join(diff)} differ): use another "
                                 "--out, or the recipe it records")
             return manifest
-        return {"recipe": recipe, "model": str(self.model), "runs": [], "stages": {}, "files": {}}
+        return {"recipe": recipe, "model": Path(self.model).name, "runs": [], "stages": {}, "files": {}}
 
     def save_manifest(self) -> None:
         for name in (PROMPTS, PASSAGE_PROMPTS, FOLLOW_UPS):
@@ -377,11 +380,14 @@ class Build:
     def export(self) -> Path:
         """Every answer stage as one ``SequenceStore`` directory (``<work>/export``), in a stable order."""
         store = SequenceStore(self.work / "export")
-        meta = {"model": str(self.model), "recipe": dataclasses.asdict(self.recipe), "format": "build-dataset"}
+        meta = {"model": Path(self.model).name, "recipe": dataclasses.asdict(self.recipe), "format": "build-dataset"}
         store.open(meta, overwrite=True)
+        lines = []
         for stage in ("answers_1", "answers_passage", "answers_2", "answers_sampled"):
-            records = sorted(ShardDir(self.work / stage).records(), key=lambda rec: rec["key"])
-            store.append((TokenSequence(rec["key"], rec["ids"], rec["prompt_len"]), rec["finish"]) for rec in records)
+            for rec in sorted(ShardDir(self.work / stage).records(), key=lambda rec: rec["key"]):
+                lines.append(json.dumps({k: rec[k] for k in ("key", "prompt_len", "ids", "finish", "kind", "turn",
+                                                             "decoding")}, separators=(",", ":")) + "\n")
+        write_atomic(store.path, "".join(lines))  # SequenceStore records plus each answer's kind, turn, decoding
         self.manifest["export"] = {"file": f"export/{SEQUENCES}", "sha256": sha256_file(store.path),
                                    **dataset_stats(self.work)}
         self.save_manifest()

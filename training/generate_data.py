@@ -12,6 +12,7 @@ appended to ``<out>/sequences.jsonl`` per batch; rerunning skips prompts already
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -56,6 +57,11 @@ class GenerationSettings:
 # -------------------------------------------------------------------------------------- backends
 
 
+def key_seed(key: str) -> int:
+    """A prompt's sampling seed, from its whole key (derived keys such as ``root/sampled`` share a prefix)."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
+
+
 class HFBackend:
     """Batched HF ``generate`` with left padding."""
 
@@ -80,13 +86,15 @@ class HFBackend:
                  ) -> list[tuple[list[int], str]]:
         """(response ids, "stop" | "length") per prompt, with ``settings`` (default: the backend's)."""
         s = settings or self.settings
+        if not s.greedy and len(prompts) > 1:  # one seeded draw per prompt: a prompt's sample is its own
+            return [r for p in prompts for r in self.generate([p], s)]
         width = max(len(p.ids) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, p in enumerate(prompts):
             ids[row, width - len(p.ids) :] = torch.tensor(p.ids)
             mask[row, width - len(p.ids) :] = 1
-        torch.manual_seed(s.seed + int(prompts[0].key[:8], 16))
+        torch.manual_seed(s.seed + key_seed(prompts[0].key))
         sample = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k or None} if not s.greedy else {}
         out = self.model.generate(
             input_ids=ids.to(self.model.device),
@@ -130,7 +138,7 @@ class VllmBackend:
         params = [
             SamplingParams(
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else -1,
-                max_tokens=s.max_new_tokens, seed=None if s.greedy else s.seed + int(p.key[:8], 16),
+                max_tokens=s.max_new_tokens, seed=None if s.greedy else s.seed + key_seed(p.key),
             )
             for p in prompts
         ]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import evaluate, generate_data, train
+from .checkpoint import list_checkpoints
 from .data import DataError
 from .teacher_cache import TeacherCache
 
@@ -35,10 +36,10 @@ def mean_anchors(cache: TeacherCache, sample: int = 200) -> float:
 
 
 def ensure_mt_bench_data(model: str, out: Path, max_new_tokens: int = 512) -> Path:
-    """The model's greedy answers to MT-bench's first turns (an evaluation-only data directory)."""
-    if (out / "sequences.jsonl").is_file():
-        return out
+    """The model's greedy answers to MT-bench's first turns (an evaluation-only data directory; a rerun finishes a
+    killed build and generates nothing once all 80 exist)."""
     from vllm_firp.packaged_models import mt_bench_questions
+
 
     prompts = out.parent / f"{out.name}-prompts.jsonl"
     prompts.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ def point(args: argparse.Namespace, method: str, anchors: int, per_seq: float) -
         flags += ["--inject-layer", str(args.inject_layer)]
     if method == "eagle3" and args.aux_layers:
         flags += ["--aux-layers", args.aux_layers]
-    if (where / "heads-checkpoints").is_dir():
+    if list_checkpoints(where / "heads-checkpoints"):  # a killed run: continue from its newest checkpoint
         flags.append("--resume")
     t0 = time.perf_counter()
     if train.main(flags) != 0:
@@ -75,7 +76,7 @@ def point(args: argparse.Namespace, method: str, anchors: int, per_seq: float) -
     for name, data, split in (("held_out", args.data, args.eval_split), ("mt_bench", args.mt_bench_data, "all")):
         out_dir = where / f"eval-{name}"
         if evaluate.main(["--model", args.model, "--heads", str(where / "heads"), "--data", str(data), "--split",
-                          split, "--max-seqs", str(args.eval_seqs), "--out-dir", str(out_dir), "--quiet"]) != 0:
+                          split, "--holdout-percent", str(args.holdout_percent), "--max-seqs", str(args.eval_seqs), "--out-dir", str(out_dir), "--quiet"]) != 0:
             raise RuntimeError(f"evaluating {method} at {anchors} anchors on {name} failed")
         rep = json.loads((out_dir / "eval.json").read_text())
         scores[name] = {"top1": rep["top1_vs_greedy"], "tau_chain": rep["tau_chain"][-1]}
@@ -157,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.mt_bench_data = args.mt_bench_data or ensure_mt_bench_data(args.model, args.out / "mt-bench-answers")
         cache = TeacherCache(args.teacher_cache)
         per_seq = mean_anchors(cache)
+        args.holdout_percent = cache.meta.get("holdout_percent", 5.0)  # the cache's split, not a default
         rows = [point(args, m, int(a), per_seq) for a in args.anchors.split(",") for m in args.methods.split(",")]
     except (DataError, OSError, RuntimeError) as e:
         print(f"scaling_curve: error: {e}", file=sys.stderr)

