@@ -71,6 +71,14 @@ def finish_speculative_config(sc: Any) -> None:
         raise FirpConfigError("speculative method 'firp' needs the target model config (set by vLLM's EngineArgs)")
     _refuse_unused_fields(sc)
     _refuse_parallelism(sc)
+    configure_firp_draft(sc, prompt_lookup=0)  # 0 as vLLM does for custom_class
+
+
+def configure_firp_draft(sc: Any, prompt_lookup: int | None) -> None:
+    """What both vLLM versions check and fill for method 'firp' (after their own field checks): the served model's
+    architecture, the heads (loaded and checked once), K, and the draft model config FIRP drafts with: a copy of
+    the target's naming the aux layer t, never a model loaded from the heads directory."""
+    target = sc.target_model_config
     archs = list(getattr(target, "architectures", None) or [])
     if not set(archs) & set(SUPPORTED_ARCHITECTURES):
         raise FirpConfigError(
@@ -90,7 +98,7 @@ def finish_speculative_config(sc: Any) -> None:
     if n > MAX_SPEC_LEN:
         raise FirpConfigError(f"num_speculative_tokens={n} exceeds vLLM's rejection sampler limit {MAX_SPEC_LEN}")
 
-    draft = copy.copy(target)  # FIRP drafts with the served model: never load a model from the heads dir
+    draft = copy.copy(target)
     draft.hf_config = copy.deepcopy(target.hf_config)
     draft.hf_config.eagle_aux_hidden_state_layer_ids = [cfg.inject_layers[0]]  # the runner's aux layer
     draft.hf_config.firp = {"heads_dir": heads_dir, "config": cfg.to_dict()}
@@ -98,7 +106,7 @@ def finish_speculative_config(sc: Any) -> None:
     sc.num_speculative_tokens = n
     sc.draft_model_config = draft
     sc.draft_parallel_config = sc.target_parallel_config
-    sc.prompt_lookup_max = sc.prompt_lookup_min = 0  # as vLLM does for custom_class
+    sc.prompt_lookup_max = sc.prompt_lookup_min = prompt_lookup
 
 
 def load_heads_config(heads_dir: str, target: Any) -> FirpConfig:

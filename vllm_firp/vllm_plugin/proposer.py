@@ -55,6 +55,28 @@ def find_anchors(
     return out
 
 
+def borrow_upper_layers(model: nn.Module, num_layers: int, inject_layer: int) -> tuple[tuple[nn.Module, ...], nn.Module,
+                                                                                  Any, list[str]]:
+    """The served model's decoder layers t+1..L, final norm, ``compute_logits`` and those layers' attention names,
+    borrowed (no copy) for FIRP's pseudo rows; refuses a model whose layout FIRP cannot drive (vLLM 0.32 and 0.34)."""
+    from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None or not hasattr(inner, "norm") or not hasattr(model, "compute_logits"):
+        raise FirpConfigError(f"FIRP cannot find model.layers / model.norm / compute_logits in {type(model)}")
+    n = len(layers)
+    if getattr(inner, "start_layer", 0) != 0 or getattr(inner, "end_layer", n) != n:
+        raise FirpConfigError("FIRP needs every decoder layer on this rank (no pipeline parallelism)")
+    if n != num_layers:
+        raise FirpConfigError(f"FIRP heads are for {num_layers} layers, model has {n}")
+    upper = tuple(layers[inject_layer:])
+    names = [m.layer_name for layer in upper for m in layer.modules() if isinstance(m, AttentionLayerBase)]
+    if len(names) != len(upper):
+        raise FirpConfigError(f"FIRP expects one attention per decoder layer, found {names}")
+    return upper, inner.norm, model.compute_logits, names
+
+
 def pseudo_slots(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
     """KV-cache slot of each (request row, position): ``block_table[r, p // bs] * bs + p % bs``."""
     blocks = block_table.gather(1, positions // block_size).to(torch.int64)
@@ -90,25 +112,8 @@ class FirpProposer:
 
     def load_model(self, model: nn.Module) -> None:
         """Borrow the served model's upper layers, norm and LM head; load the heads in its dtype."""
-        inner = getattr(model, "model", None)
-        layers = getattr(inner, "layers", None)
-        if layers is None or not hasattr(inner, "norm") or not hasattr(model, "compute_logits"):
-            raise FirpConfigError(f"FIRP cannot find model.layers / model.norm / compute_logits in {type(model)}")
-        n = len(layers)
-        if getattr(inner, "start_layer", 0) != 0 or getattr(inner, "end_layer", n) != n:
-            raise FirpConfigError("FIRP needs every decoder layer on this rank (no pipeline parallelism)")
-        if n != self.config.num_hidden_layers:
-            raise FirpConfigError(f"FIRP heads are for {self.config.num_hidden_layers} layers, model has {n}")
-        self._upper = tuple(layers[self.inject_layer :])
-        self._norm = inner.norm
-        self._compute_logits = model.compute_logits
-        from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
-
-        self._layer_names = [
-            m.layer_name for layer in self._upper for m in layer.modules() if isinstance(m, AttentionLayerBase)
-        ]
-        if len(self._layer_names) != len(self._upper):
-            raise FirpConfigError(f"FIRP expects one attention per decoder layer, found {self._layer_names}")
+        self._upper, self._norm, self._compute_logits, self._layer_names = borrow_upper_layers(
+            model, self.config.num_hidden_layers, self.inject_layer)
         mc = self.vllm_config.model_config
         heads = FirpHeads.from_pretrained(self.heads_dir, mc.hf_text_config, dtype=mc.dtype)
         self.heads = heads.to(self.device)

@@ -13,8 +13,6 @@ the aux hidden-state layer t (``eagle_aux_hidden_state_layer_ids``, read by the 
 
 from __future__ import annotations
 
-import copy
-import os
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -75,33 +73,7 @@ class FirpSpeculatorConfig(SpeculatorConfig):
             raise FirpConfigError("speculative method 'firp' needs the target model config (set by vLLM's EngineArgs)")
         _refuse_unsupported_fields(spec)
         _refuse_parallelism(spec)
-        archs = list(getattr(target, "architectures", None) or [])
-        if not set(archs) & set(shared.SUPPORTED_ARCHITECTURES):
-            raise FirpConfigError(
-                f"speculative method 'firp' supports {', '.join(shared.SUPPORTED_ARCHITECTURES)}; "
-                f"the served model is {archs}"
-            )
-        shared._warn_emulated_dtype(target)
-        heads_dir = os.path.abspath(os.path.expanduser(spec.model))
-        cfg = shared.load_heads_config(heads_dir, target)
-        shared._refuse_sliding_windows(target.hf_text_config, cfg.inject_layers[0])
-        n = spec.num_speculative_tokens or cfg.K
-        if n > cfg.K:
-            raise FirpConfigError(
-                f"num_speculative_tokens={n} exceeds the {cfg.K} future tokens the FIRP heads in {heads_dir} "
-                f"were trained for; use num_speculative_tokens <= {cfg.K} (or omit it to use {cfg.K})"
-            )
-        if n > shared.MAX_SPEC_LEN:
-            raise FirpConfigError(f"num_speculative_tokens={n} exceeds vLLM's rejection sampler limit")
-        draft = copy.copy(target)  # FIRP drafts with the served model: never load a model from the heads dir
-        draft.hf_config = copy.deepcopy(target.hf_config)
-        draft.hf_config.eagle_aux_hidden_state_layer_ids = [cfg.inject_layers[0]]  # the runner's aux layer
-        draft.hf_config.firp = {"heads_dir": heads_dir, "config": cfg.to_dict()}
-        spec.model = heads_dir
-        spec.num_speculative_tokens = n
-        spec.draft_model_config = draft
-        spec.draft_parallel_config = spec.target_parallel_config
-        spec.prompt_lookup_max = spec.prompt_lookup_min = None
+        shared.configure_firp_draft(spec, prompt_lookup=None)
 
     # --- behaviour (queried through SpeculativeConfig.speculator_config) ---
 

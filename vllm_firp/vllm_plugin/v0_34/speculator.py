@@ -24,7 +24,6 @@ from torch import nn
 from vllm.config import VllmConfig
 from vllm.config.compilation import CUDAGraphMode
 from vllm.forward_context import set_forward_context
-from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.v1.attention.backends.utils import PAD_SLOT_ID
 from vllm.v1.kv_cache_interface import FullAttentionSpec, UniformTypeKVCacheSpecs
 from vllm.v1.worker.gpu.attn_utils import build_attn_metadata, init_attn_backend
@@ -33,7 +32,7 @@ from vllm.v1.worker.gpu.spec_decode.speculator import DraftModelSpeculator
 from vllm_firp.core import FirpConfig, FirpHeads
 
 from .. import config as shared
-from ..proposer import pseudo_slots
+from ..proposer import borrow_upper_layers, pseudo_slots
 from .config import FirpConfigError, firp_info
 
 logger = logging.getLogger("vllm.plugins.firp")
@@ -77,25 +76,8 @@ class FirpSpeculator(DraftModelSpeculator):
 
     def load_draft_model(self, target_model: nn.Module, target_attn_layer_names: set[str]) -> nn.Module:
         """Borrow the served model's layers t+1..L, norm and LM head; load the heads in its dtype."""
-        inner = getattr(target_model, "model", None)
-        layers = getattr(inner, "layers", None)
-        if layers is None or not hasattr(inner, "norm") or not hasattr(target_model, "compute_logits"):
-            raise FirpConfigError(
-                f"FIRP cannot find model.layers / model.norm / compute_logits in {type(target_model).__name__}"
-            )
-        n = len(layers)
-        if getattr(inner, "start_layer", 0) != 0 or getattr(inner, "end_layer", n) != n:
-            raise FirpConfigError("FIRP needs every decoder layer on this rank (no pipeline parallelism)")
-        if n != self.config.num_hidden_layers:
-            raise FirpConfigError(f"FIRP heads are for {self.config.num_hidden_layers} layers, the model has {n}")
-        self._upper = tuple(layers[self.inject_layer :])
-        self._norm = inner.norm
-        self._compute_logits = target_model.compute_logits
-        self._layer_names = [
-            m.layer_name for layer in self._upper for m in layer.modules() if isinstance(m, AttentionLayerBase)
-        ]
-        if len(self._layer_names) != len(self._upper):
-            raise FirpConfigError(f"FIRP expects one attention per decoder layer, found {self._layer_names}")
+        self._upper, self._norm, self._compute_logits, self._layer_names = borrow_upper_layers(
+            target_model, self.config.num_hidden_layers, self.inject_layer)
         missing = sorted(set(self._layer_names) - target_attn_layer_names)
         if missing:
             raise FirpConfigError(f"FIRP: attention layers {missing} are not registered with vLLM")
@@ -103,8 +85,8 @@ class FirpSpeculator(DraftModelSpeculator):
         heads = FirpHeads.from_pretrained(self.heads_dir, mc.hf_text_config, dtype=mc.dtype).to(self.device)
         logger.info(
             "FIRP: speculative method 'firp' on %s, K=%d, inject layer %d (layers %d..%d borrowed), heads %s",
-            type(target_model).__name__, self.num_speculative_steps, self.inject_layer, self.inject_layer + 1, n,
-            self.heads_dir,
+            type(target_model).__name__, self.num_speculative_steps, self.inject_layer, self.inject_layer + 1,
+            self.config.num_hidden_layers, self.heads_dir,
         )
         return FirpHeadsModule(heads)
 
