@@ -54,6 +54,17 @@ def test_passages_paste_the_code_of_a_code_answer() -> None:
     assert bd.passage_of("essay", " Some text. ") == "Some text."
 
 
+def test_a_capped_answer_is_cut_at_a_paragraph_end_before_it_loops() -> None:
+    para = "A paragraph of plain words that says one thing about the topic at hand, " * 3
+    other = "Another paragraph that adds a different point with many more words in it. " * 2
+    assert bd.cut_at_paragraph(f"{para}\n\n{other}\n\nhalf a paragr") == f"{para}\n\n{other}".strip()
+    looping = f"{para}\n\n{other}\n\n{para}\n\n{other}\n\n{para}"  # the model started over: cut before it
+    assert bd.cut_at_paragraph(looping) == f"{para}\n\n{other}".strip()
+    fenced = f"{para}\n\n```python\ndef f():\n\n    return 1\n\n    # cut"
+    assert bd.cut_at_paragraph(fenced) == para.strip()  # never an open code fence
+    assert bd.cut_at_paragraph("Too short.\n\nStill short.\n\ncut") is None
+
+
 def test_answers_of_one_conversation_share_a_split() -> None:
     roots = [f"{i:016x}" for i in range(400)]
     assert any(is_heldout(r, 5) for r in roots)
@@ -129,6 +140,10 @@ def test_interrupted_build_resumes_to_the_same_data(smollm2: str, tmp_path: Path
     for name in (bd.PROMPTS, bd.PASSAGE_PROMPTS, bd.FOLLOW_UPS):
         assert (tmp_path / "straight/out" / name).read_text() == (tmp_path / "resumed/out" / name).read_text(), name
     assert straight["export"] == resumed["export"]  # same sha256 of the exported sequences
+    ShardDir(tmp_path / "resumed/work/answers_passage").append([{  # left by an earlier recipe: never exported
+        "key": "stale/greedy", "prompt_len": 1, "ids": [1, 2], "finish": "stop", "kind": "summary", "turn": 1,
+        "decoding": "greedy"}])
+    assert _build(smollm2, tmp_path / "resumed").run_all()["export"] == straight["export"]
     assert len(resumed["runs"]) == 2 and resumed["runs"][1]["new_tokens"] > 0
     assert verify(tmp_path / "resumed/work", resumed) == []
 

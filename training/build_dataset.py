@@ -170,6 +170,26 @@ def passage_of(kind: str, answer: str) -> str:
     return answer.strip()
 
 
+MIN_CUT_WORDS = 40  # a capped answer cut shorter than this is not worth pasting or following up
+
+
+def cut_at_paragraph(text: str) -> str | None:
+    """A capped answer up to its last paragraph end, or to the paragraph before it starts repeating itself (small
+    models loop), never half a paragraph or an open code fence; None when too little is left. This is how a capped
+    answer can still be pasted into a passage prompt or continued from."""
+    paragraphs, seen = text.split("\n\n")[:-1], set()  # the last piece is the one the cap cut off
+    for i, paragraph in enumerate(paragraphs):
+        if (norm := " ".join(words(paragraph))) in seen:
+            paragraphs = paragraphs[:i]
+            break
+        seen.add(norm)
+    text = "\n\n".join(paragraphs)
+    if text.count("```") % 2:
+        text = text[: text.rfind("```")]
+    text = text.strip()
+    return text if len(words(text)) >= MIN_CUT_WORDS else None
+
+
 # ------------------------------------------------------------------------------------ the build
 
 
@@ -226,8 +246,9 @@ class Build:
         return self._engine
 
     def generate_stage(self, stage: str, requests: list[tuple[Prompt, dict[str, Any]]],
-                       settings: GenerationSettings) -> ShardDir:
-        """Generate what ``stage`` lacks, a shard per batch; records = request fields + the response."""
+                       settings: GenerationSettings) -> list[dict[str, Any]]:
+        """Generate what ``stage`` lacks, a shard per batch; returns the records of ``requests`` (request fields +
+        the response), never a cached record that no request asks for any more."""
         shards = ShardDir(self.work / stage)
         done = shards.keys()
         pending = [(p, meta) for p, meta in requests if p.key not in done]
@@ -258,7 +279,8 @@ class Build:
                                        "seconds": round(seconds, 1)})
         self.manifest["stages"][stage] = {"shards": shards.summary()}
         self.save_manifest()
-        return shards
+        wanted = {p.key for p, _ in requests}
+        return [rec for rec in shards.records() if rec["key"] in wanted]
 
     def settings(self, max_new_tokens: int, temperature: float = 0.0) -> GenerationSettings:
         top_p = self.recipe.top_p if temperature > 0 else 1.0
@@ -293,12 +315,12 @@ class Build:
             max_tokens = r.max_user_tokens // 2 if kind.short else r.max_user_tokens
             requests.append((self.open_user_turn(key, [], opener),
                              {"kind": kind.name, "opener": opener, "max_tokens": max_tokens, "order": i}))
-        shards = None
+        records = []
         for short in (True, False):  # two settings (user-turn length), one stage
             part = [(p, m) for p, m in requests if KIND_BY_NAME[m["kind"]].short == short]
-            shards = self.generate_stage("user_turns", part,
-                                         self.settings(part[0][1]["max_tokens"], r.user_temperature))
-        records = sorted(shards.records(), key=lambda rec: rec["order"])
+            records += self.generate_stage("user_turns", part,
+                                           self.settings(part[0][1]["max_tokens"], r.user_temperature))
+        records.sort(key=lambda rec: rec["order"])
         for rec in records:
             rec["text"] = rec["opener"] + self.tokenizer.decode(rec["ids"][rec["prompt_len"]:],
                                                                 skip_special_tokens=True)
@@ -316,34 +338,43 @@ class Build:
         requests = [(self.chat_prompt(f"{c['key']}/{variant}", c["messages"]),
                      {"kind": c["kind"], "turn": sum(m["role"] == "user" for m in c["messages"]), "decoding": variant})
                     for c in conversations]
-        return list(self.generate_stage(stage, requests,
-                                        self.settings(self.recipe.max_answer_tokens, temperature)).records())
+        return self.generate_stage(stage, requests, self.settings(self.recipe.max_answer_tokens, temperature))
 
     def passage_prompts(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``passage_prompts.jsonl``: an instruction over one of the model's answers. Finished answers are pasted
+        first; capped ones, cut at their last paragraph end, fill what is left (most long-form answers hit the
+        cap). A file with fewer prompts than the recipe wants is topped up, keeping what it holds."""
         path = self.out / PASSAGE_PROMPTS
-        if path.is_file():
-            return read_jsonl(path)
+        have = read_jsonl(path) if path.is_file() else []
         r = self.recipe
-        finished = [a for a in answers if a["finish"] == "stop" and len(a["ids"]) - a["prompt_len"] >= min(48, r.max_answer_tokens // 4)]
-        by_kind: dict[str, list[dict[str, Any]]] = {}
-        for a in sorted(finished, key=lambda a: a["key"]):
-            by_kind.setdefault(a["kind"], []).append(a)
-        passage_kinds = [k for k in KINDS if k.passage_from and any(by_kind.get(s) for s in k.passage_from)]
-        out, used = [], set()
-        for i in range(r.num_passage * 3):
-            if len(out) == r.num_passage or not passage_kinds:
-                break
-            rng = random.Random(f"{r.seed} passage {i}")
-            kind = passage_kinds[i % len(passage_kinds)]
-            pool = [a for s in kind.passage_from for a in by_kind.get(s, [])]
-            source = rng.choice(pool)
-            if (source["key"], kind.name) in used:
-                continue
-            used.add((source["key"], kind.name))
-            passage = passage_of(source["kind"], self.text(source["ids"][source["prompt_len"]:]))
-            root = source["key"].split("/")[0]
-            out.append({"key": f"{root}.{_hash('passage', r.seed, i)[:8]}", "kind": kind.name,
-                        "messages": [{"role": "user", "content": f"{opener_text(kind, rng)}\n\n{passage}"}]})
+        if len(have) >= r.num_passage:
+            return have
+        finished, capped = {}, {}
+        for a in sorted(answers, key=lambda a: a["key"]):
+            text = self.text(a["ids"][a["prompt_len"]:])
+            if a["finish"] == "stop":
+                if len(a["ids"]) - a["prompt_len"] >= min(48, r.max_answer_tokens // 4):
+                    finished.setdefault(a["kind"], []).append((a["key"], a["kind"], text))
+            elif (cut := cut_at_paragraph(text)) is not None:
+                capped.setdefault(a["kind"], []).append((a["key"], a["kind"], cut))
+        out, used = list(have), {(p["source"], p["kind"]) for p in have if "source" in p}
+        keys = {p["key"] for p in have}
+        for namespace, by_kind in (("passage", finished), ("passage-capped", capped)):
+            passage_kinds = [k for k in KINDS if k.passage_from and any(by_kind.get(s) for s in k.passage_from)]
+            for i in range(r.num_passage * 3):
+                if len(out) >= r.num_passage or not passage_kinds:
+                    break
+                rng = random.Random(f"{r.seed} {namespace} {i}")
+                kind = passage_kinds[i % len(passage_kinds)]
+                source_key, source_kind, text = rng.choice([a for s in kind.passage_from for a in by_kind.get(s, [])])
+                key = f"{source_key.split('/')[0]}.{_hash(namespace, r.seed, i)[:8]}"
+                if (source_key, kind.name) in used or key in keys:
+                    used.add((source_key, kind.name))  # a prompt kept from an earlier run still uses its source
+                    continue
+                used.add((source_key, kind.name))
+                keys.add(key)
+                out.append({"key": key, "kind": kind.name, "source": source_key, "messages": [
+                    {"role": "user", "content": f"{opener_text(kind, rng)}\n\n{passage_of(source_kind, text)}"}]})
         write_jsonl(path, out)
         return out
 
@@ -354,20 +385,23 @@ class Build:
         if path.is_file():
             return read_jsonl(path)
         r = self.recipe
-        chosen = [a for a in answers if a["finish"] == "stop" and _unit(a["key"], "follow-up") < r.follow_up_fraction]
         requests = []
-        for a in chosen:
+        for a in answers:
+            if _unit(a["key"], "follow-up") >= r.follow_up_fraction:
+                continue
+            text = self.text(a["ids"][a["prompt_len"]:])
+            if a["finish"] != "stop" and (text := cut_at_paragraph(text)) is None:
+                continue  # a capped answer is continued from its last paragraph end, as if the model had stopped there
             root = a["key"].split("/")[0]
             rng = random.Random(f"{r.seed} follow-up {root}")
-            history = conversations[root]["messages"] + [{"role": "assistant",
-                                                          "content": self.text(a["ids"][a["prompt_len"]:])}]
+            history = conversations[root]["messages"] + [{"role": "assistant", "content": text}]
             opener = rng.choice(FOLLOW_UP_OPENERS)
             requests.append((self.open_user_turn(f"{root}/turn2", history, opener),
                              {"kind": a["kind"], "opener": opener, "history": history}))
-        shards = self.generate_stage("follow_up_turns", requests,
-                                     self.settings(r.max_user_tokens // 2, r.user_temperature))
+        records = self.generate_stage("follow_up_turns", requests,
+                                      self.settings(r.max_user_tokens // 2, r.user_temperature))
         out, seen = [], set()
-        for rec in sorted(shards.records(), key=lambda rec: rec["key"]):
+        for rec in sorted(records, key=lambda rec: rec["key"]):
             text = rec["opener"] + self.tokenizer.decode(rec["ids"][rec["prompt_len"]:], skip_special_tokens=True)
             norm = " ".join(words(text))
             if rec["finish"] == "stop" and len(words(text)) >= 3 and (rec["history"][0]["content"], norm) not in seen:
@@ -377,19 +411,20 @@ class Build:
         write_jsonl(path, out)
         return out
 
-    def export(self) -> Path:
-        """Every answer stage as one ``SequenceStore`` directory (``<work>/export``), in a stable order."""
+    def export(self, stages: dict[str, list[dict[str, Any]]]) -> Path:
+        """The answer records of every stage as one ``SequenceStore`` directory (``<work>/export``), in a stable
+        order; only the records this recipe asks for, never a stale one left in the cache by an earlier recipe."""
         store = SequenceStore(self.work / "export")
         meta = {"model": Path(self.model).name, "recipe": dataclasses.asdict(self.recipe), "format": "build-dataset"}
         store.open(meta, overwrite=True)
         lines = []
         for stage in ("answers_1", "answers_passage", "answers_2", "answers_sampled"):
-            for rec in sorted(ShardDir(self.work / stage).records(), key=lambda rec: rec["key"]):
+            for rec in sorted(stages[stage], key=lambda rec: rec["key"]):
                 lines.append(json.dumps({k: rec[k] for k in ("key", "prompt_len", "ids", "finish", "kind", "turn",
                                                              "decoding")}, separators=(",", ":")) + "\n")
         write_atomic(store.path, "".join(lines))  # SequenceStore records plus each answer's kind, turn, decoding
         self.manifest["export"] = {"file": f"export/{SEQUENCES}", "sha256": sha256_file(store.path),
-                                   **dataset_stats(self.work)}
+                                   **dataset_stats(stages)}
         self.save_manifest()
         return store.dir
 
@@ -397,21 +432,23 @@ class Build:
         """Run the stages in order, up to and including ``until``; returns the manifest."""
         r, last = self.recipe, STAGES.index(until)
         first = self.first_turns()
+        stages: dict[str, list[dict[str, Any]]] = {}
         if last >= STAGES.index("answers_1"):
-            answers = self.answer("answers_1", first)
+            stages["answers_1"] = self.answer("answers_1", first)
         if last >= STAGES.index("answers_passage"):
-            passage = self.passage_prompts(answers)
-            answers += self.answer("answers_passage", passage)
+            passage = self.passage_prompts(stages["answers_1"])
+            stages["answers_passage"] = self.answer("answers_passage", passage)
         if last >= STAGES.index("follow_up_turns"):
             conversations = {c["key"]: c for c in first + passage}
-            second = self.follow_ups(answers, conversations)
+            second = self.follow_ups(stages["answers_1"] + stages["answers_passage"], conversations)
         if last >= STAGES.index("answers_2"):
-            self.answer("answers_2", second)
+            stages["answers_2"] = self.answer("answers_2", second)
         if last >= STAGES.index("answers_sampled"):
             sampled = [c for c in first + passage if _unit(c["key"], "sampled") < r.sampled_fraction]
-            self.answer("answers_sampled", sampled, r.sampled_temperature, variant="sampled")
+            stages["answers_sampled"] = self.answer("answers_sampled", sampled, r.sampled_temperature,
+                                                    variant="sampled")
         if last >= STAGES.index("export"):
-            self.export()
+            self.export(stages)
         self.save_manifest()
         return self.manifest
 
@@ -451,11 +488,10 @@ def prompt_report(out: Path, tokenizer: Any, benchmark: list[dict[str, Any]] | N
     return "\n".join(lines) + "\n"
 
 
-def dataset_stats(work: Path) -> dict[str, Any]:
+def dataset_stats(stages: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Sequences and response tokens per stage, and how many answers hit the length cap."""
     out: dict[str, Any] = {}
-    for stage in ("answers_1", "answers_passage", "answers_2", "answers_sampled"):
-        recs = list(ShardDir(work / stage).records())
+    for stage, recs in stages.items():
         out[stage] = {"sequences": len(recs), "response_tokens": sum(len(r["ids"]) - r["prompt_len"] for r in recs),
                       "hit_length_cap": sum(r["finish"] == "length" for r in recs)}
     out["response_tokens"] = sum(v["response_tokens"] for v in out.values())
