@@ -106,6 +106,21 @@ def test_bad_caches_are_refused(root: Path, tmp_path: Path) -> None:
     assert len(teacher_cache.TeacherCache(root / "cache")) == 12
 
 
+def test_a_resumed_build_refuses_changed_data(root: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    cache = tmp_path / "compact"
+    shutil.copytree(root / "compact", cache)
+    first, second = cache / "00000.safetensors", cache / "00001.safetensors"
+    first.rename(tmp_path / "swap")
+    second.rename(first)
+    (tmp_path / "swap").rename(second)  # as if the data's order had changed since the cache was built
+    rc = teacher_cache.main(["--model", str(root / "model"), "--data", str(root / "data"), "--out", str(cache),
+                             "--layers", "1", "--compact", "--store-dtype", "float32", "--top-k", "48",
+                             "--holdout-percent", "0", "--quiet"])
+    assert rc == 2 and "the data changed" in capsys.readouterr().err
+
+
 def test_inject_sweep_trains_evaluates_and_tabulates(root: Path) -> None:
     from vllm_firp_training import inject_sweep
 

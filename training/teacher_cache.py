@@ -150,6 +150,19 @@ def load_record(path: Path) -> TeacherRecord:
                         "(the build resumes)") from e
 
 
+def _check_record_key(path: Path, key: str) -> None:
+    """A resumed build must be over the same sequences: record i of the cache holds sequence i of the data."""
+    try:
+        with safe_open(str(path), "pt") as fh:
+            held = (fh.metadata() or {}).get("key")
+    except (SafetensorError, OSError) as e:
+        raise DataError(f"teacher cache record {path} is unreadable ({e}); delete it and rerun (the build resumes)"
+                        ) from e
+    if held != key:
+        raise DataError(f"{path} holds sequence {held!r} but the data's sequence there is {key!r}: the data changed "
+                        "since this cache was built; use another --out")
+
+
 class TeacherCache:
     """A built cache directory: ``meta.json`` + one record per sequence, loaded on demand."""
 
@@ -240,7 +253,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     tokens = 0
     for i, seq in enumerate(tqdm(seqs, desc="teacher", disable=args.quiet, file=sys.stderr)):
         path = args.out / f"{i:05d}.safetensors"
-        if not path.is_file():
+        if path.is_file():
+            _check_record_key(path, seq.key)
+        else:
             save_record(teacher_record(parts, seq, layers, args.kv_from, args.top_k, store), path)
             tokens += len(seq.ids)
     wall = time.perf_counter() - t0
