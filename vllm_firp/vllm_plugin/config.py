@@ -17,6 +17,8 @@ from vllm_firp.core import FirpCheckpointError, FirpConfig, FirpHeads, precision
 
 logger = logging.getLogger("vllm.plugins.firp")
 METHOD = "firp"
+HYBRID_METHOD = "firp_suffix"  # FIRP + vLLM's suffix decoding in one drafter (hybrid.py)
+METHODS = (METHOD, HYBRID_METHOD)
 # Decoder-only text models whose layers take (positions, hidden_states, residual) and whose model
 # records aux hidden states (SupportsEagle3). Others may work but are refused until tested.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -30,6 +32,9 @@ UNUSED_FIELDS = (
     "synthetic_acceptance_rates", "synthetic_acceptance_length", "enable_adaptive_verification",
     "draft_sample_method", "dspark_draft_topk", "use_local_argmax_reduction",
 )
+# Suffix decoding's own settings: used by method firp_suffix, silently ignored (so refused) by plain firp.
+SUFFIX_FIELDS = ("suffix_decoding_max_tree_depth", "suffix_decoding_max_cached_requests",
+                 "suffix_decoding_max_spec_factor", "suffix_decoding_min_token_prob")
 
 
 class FirpConfigError(ValueError):
@@ -37,7 +42,8 @@ class FirpConfigError(ValueError):
 
 
 def is_firp(vllm_config: Any) -> bool:
-    return getattr(getattr(vllm_config, "speculative_config", None), "method", None) == METHOD
+    """Method firp or firp_suffix: everything but the suffix half is the same."""
+    return getattr(getattr(vllm_config, "speculative_config", None), "method", None) in METHODS
 
 
 def firp_info(speculative_config: Any) -> dict[str, Any]:
@@ -60,24 +66,38 @@ def _warn_emulated_dtype(target: Any) -> None:
 
 
 def finish_speculative_config(sc: Any) -> None:
-    """``SpeculativeConfig.__post_init__`` for method 'firp': validate, then fill the derived fields."""
+    """``SpeculativeConfig.__post_init__`` for methods 'firp' and 'firp_suffix': validate, fill the derived fields."""
     if sc.model is None:
         raise FirpConfigError(
-            "speculative method 'firp' needs 'model': the FIRP heads directory "
-            '(e.g. --speculative-config \'{"method": "firp", "model": "/path/to/heads"}\')'
+            f"speculative method '{sc.method}' needs 'model': the FIRP heads directory "
+            f'(e.g. --speculative-config \'{{"method": "{sc.method}", "model": "/path/to/heads"}}\')'
         )
     target = sc.target_model_config
     if target is None:
-        raise FirpConfigError("speculative method 'firp' needs the target model config (set by vLLM's EngineArgs)")
+        raise FirpConfigError(f"speculative method '{sc.method}' needs the target model config (set by EngineArgs)")
     _refuse_unused_fields(sc)
     _refuse_parallelism(sc)
-    configure_firp_draft(sc, prompt_lookup=0)  # 0 as vLLM does for custom_class
+    hybrid = sc.method == HYBRID_METHOD
+    configure_firp_draft(sc, prompt_lookup=0, longer_drafts=hybrid)  # 0 as vLLM does for custom_class
+    if hybrid:
+        _validate_suffix(sc)
 
 
-def configure_firp_draft(sc: Any, prompt_lookup: int | None) -> None:
+def _validate_suffix(sc: Any) -> None:
+    """The suffix half of firp_suffix: vLLM's own checks of the suffix_decoding_* fields and of arctic-inference."""
+    try:
+        sc._validate_suffix_decoding()  # vLLM 0.32: needs num_speculative_tokens set (it is, by now)
+    except ImportError as e:
+        raise FirpConfigError(f"speculative method 'firp_suffix' needs suffix decoding: {e}") from e
+    except ValueError as e:
+        raise FirpConfigError(f"speculative method 'firp_suffix': {e}") from e
+
+
+def configure_firp_draft(sc: Any, prompt_lookup: int | None, longer_drafts: bool = False) -> None:
     """What both vLLM versions check and fill for method 'firp' (after their own field checks): the served model's
     architecture, the heads (loaded and checked once), K, and the draft model config FIRP drafts with: a copy of
-    the target's naming the aux layer t, never a model loaded from the heads directory."""
+    the target's naming the aux layer t, never a model loaded from the heads directory. ``longer_drafts``: K may
+    exceed the heads' (firp_suffix: suffix chains up to K, FIRP chains up to the heads' K)."""
     target = sc.target_model_config
     archs = list(getattr(target, "architectures", None) or [])
     if not set(archs) & set(SUPPORTED_ARCHITECTURES):
@@ -90,7 +110,7 @@ def configure_firp_draft(sc: Any, prompt_lookup: int | None) -> None:
     cfg = load_heads_config(heads_dir, target)
     _refuse_sliding_windows(target.hf_text_config, cfg.inject_layers[0])
     n = sc.num_speculative_tokens or cfg.K
-    if n > cfg.K:
+    if n > cfg.K and not longer_drafts:
         raise FirpConfigError(
             f"num_speculative_tokens={n} exceeds the {cfg.K} future tokens the FIRP heads in {heads_dir} "
             f"were trained for; use num_speculative_tokens <= {cfg.K} (or omit it to use {cfg.K})"
@@ -101,7 +121,7 @@ def configure_firp_draft(sc: Any, prompt_lookup: int | None) -> None:
     draft = copy.copy(target)
     draft.hf_config = copy.deepcopy(target.hf_config)
     draft.hf_config.eagle_aux_hidden_state_layer_ids = [cfg.inject_layers[0]]  # the runner's aux layer
-    draft.hf_config.firp = {"heads_dir": heads_dir, "config": cfg.to_dict()}
+    draft.hf_config.firp = {"heads_dir": heads_dir, "config": cfg.to_dict(), "method": sc.method}
     sc.model = heads_dir
     sc.num_speculative_tokens = n
     sc.draft_model_config = draft
@@ -157,8 +177,14 @@ def _refuse_unused_fields(sc: Any) -> None:
     bad = [name for name in UNUSED_FIELDS if name in defaults and getattr(sc, name) != defaults[name]]
     if bad:
         raise FirpConfigError(
-            f"speculative_config field(s) {', '.join(bad)} are not supported with method 'firp' (FIRP drafts "
-            "with the served model itself, one top-1 chain, verified by vLLM's standard rejection sampler)"
+            f"speculative_config field(s) {', '.join(bad)} are not supported with method '{sc.method}' (FIRP "
+            "drafts with the served model itself, one top-1 chain, verified by vLLM's standard rejection sampler)"
+        )
+    suffix = [name for name in SUFFIX_FIELDS if name in defaults and getattr(sc, name) != defaults[name]]
+    if suffix and sc.method == METHOD:
+        raise FirpConfigError(
+            f"speculative_config field(s) {', '.join(suffix)} configure suffix decoding, which method 'firp' does "
+            f"not use: use method '{HYBRID_METHOD}' (FIRP + suffix decoding) or drop them"
         )
     if sc.tensor_parallel_size is not None:
         raise FirpConfigError("'tensor_parallel_size' is not a speculative_config field; FIRP uses the target's TP")
@@ -204,8 +230,10 @@ def validate_vllm_config(vc: Any) -> None:
 
 __all__ = [
     "FirpConfigError",
+    "HYBRID_METHOD",
     "MAX_SPEC_LEN",
     "METHOD",
+    "METHODS",
     "SUPPORTED_ARCHITECTURES",
     "finish_speculative_config",
     "firp_info",

@@ -4,14 +4,14 @@ request, live apart in :mod:`vllm_firp.vllm_plugin.cpu_fixes` with their own swi
 
 | # | symbol (vllm 0.32.0)                                             | how              | why |
 |---|------------------------------------------------------------------|------------------|-----|
-| 1 | ``config.speculative.SpeculativeConfig.method`` (field + Literal) | extend, rebuild  | accept ``"firp"`` (pydantic and CLI choices) |
+| 1 | ``config.speculative.SpeculativeConfig.method`` (field + Literal) | extend, rebuild  | accept ``"firp"``, ``"firp_suffix"`` (pydantic, CLI) |
 | 2 | ``SpeculativeConfig.__post_init__``                               | wrap, firp first | build the config from the heads dir; refuse what FIRP cannot serve |
 | 3 | ``SpeculativeConfig.compute_hash``                                | wrap             | aux hidden-state outputs change the compiled graph |
 | 4 | ``config.vllm.VllmConfig.num_lookahead_tokens`` (property)        | replace          | reserve K KV slots past each request for the pseudo tokens |
 | 5 | ``VllmConfig._get_v2_model_runner_unsupported_features``          | wrap             | force the V1 model runner (MRV2 has no FIRP drafter) |
 | 6 | ``VllmConfig.__post_init__``                                      | wrap             | refuse LoRA / KV connectors / EP with firp at config time |
 | 7 | ``v1.worker.gpu_model_runner.GPUModelRunner.__init__``            | wrap             | build FirpProposer via the custom_class branch, enable aux outputs |
-| 8 | ``GPUModelRunner.propose_draft_token_ids``                        | wrap, firp first | the method chain has no else branch |
+| 8 | ``GPUModelRunner.propose_draft_token_ids``                        | wrap, firp first | the method chain has no else branch; pass the input batch |
 | 9 | ``GPUModelRunner.initialize_metadata_builders``                   | wrap             | attention metadata builders for layers t+1..L |
 
 Also relied on, unpatched (tests/test_vllm_contract.py checks them): ``CPUModelRunner`` subclasses
@@ -90,13 +90,14 @@ def patch_config() -> None:
 
     field = SpeculativeConfig.__dataclass_fields__["method"]
     methods = get_args(get_args(field.type)[0])
-    if fc.METHOD not in methods:
-        field.type = Literal[methods + (fc.METHOD,)] | None  # type: ignore[valid-type]
+    if not set(fc.METHODS) <= set(methods):
+        new = tuple(m for m in fc.METHODS if m not in methods)
+        field.type = Literal[methods + new] | None  # type: ignore[valid-type]
         SpeculativeConfig.__annotations__["method"] = field.type
 
     def post_init(original: Any) -> Any:
         def __post_init__(self: Any) -> Any:
-            if self.method != fc.METHOD:
+            if self.method not in fc.METHODS:
                 return original(self)
             fc.finish_speculative_config(self)
             return self
@@ -106,7 +107,7 @@ def patch_config() -> None:
     def compute_hash(original: Any) -> Any:
         def wrapped(self: Any) -> str:
             h = original(self)
-            if self.method == fc.METHOD:  # aux outputs are part of the compiled graph
+            if self.method in fc.METHODS:  # aux outputs are part of the compiled graph
                 ids = self.draft_model_config.hf_config.eagle_aux_hidden_state_layer_ids
                 h += f"-firp-aux{list(ids)}"
             return h
@@ -118,7 +119,8 @@ def patch_config() -> None:
 
     def v2_unsupported(original: Any) -> Any:
         def wrapped(self: Any) -> list[str]:
-            return original(self) + (["speculative method 'firp'"] if fc.is_firp(self) else [])
+            firp = fc.is_firp(self)
+            return original(self) + ([f"speculative method '{self.speculative_config.method}'"] if firp else [])
 
         return wrapped
 
@@ -150,20 +152,20 @@ def patch_runner() -> None:
             if not fc.is_firp(vllm_config):
                 return original(self, vllm_config, *args, **kwargs)
             sc = vllm_config.speculative_config
-            heads_dir = sc.model
+            method, heads_dir = sc.method, sc.model
             # The V1 runner's method chain ends in "Unknown speculative decoding method"; its
             # custom_class branch builds any proposer from a dotted path: borrow it for FIRP.
             sc.method, sc.model = "custom_class", PROPOSER_PATH
             try:
                 original(self, vllm_config, *args, **kwargs)
             finally:
-                sc.method, sc.model = fc.METHOD, heads_dir
+                sc.method, sc.model = method, heads_dir
             if getattr(self, "drafter", None) is not None:
                 self.use_aux_hidden_state_outputs = True
                 self.drafter.attach(self)
             logger.info(
-                "FIRP: speculative method 'firp' runs on the V1 model runner (%s), K=%d, heads %s",
-                type(self).__name__, sc.num_speculative_tokens, heads_dir,
+                "FIRP: speculative method '%s' runs on the V1 model runner (%s), K=%d, heads %s",
+                method, type(self).__name__, sc.num_speculative_tokens, heads_dir,
             )
 
         return __init__
@@ -190,7 +192,8 @@ def patch_runner() -> None:
             self._draft_probs = None
             self._draft_prob_req_ids = None
             return self.drafter.propose(
-                scheduler_output, sampled_token_ids, aux_hidden_states, spec_decode_metadata, common_attn_metadata
+                scheduler_output, sampled_token_ids, aux_hidden_states, spec_decode_metadata, common_attn_metadata,
+                self.input_batch,
             )
 
         return propose_draft_token_ids

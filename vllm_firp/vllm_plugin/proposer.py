@@ -18,7 +18,8 @@ from torch import nn
 
 from vllm_firp.core import FirpConfig, FirpHeads
 
-from .config import FirpConfigError, firp_info
+from .config import HYBRID_METHOD, FirpConfigError, firp_info
+from .hybrid import FIRP, SUFFIX, SuffixFirst
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ class FirpProposer:
         self._block_size = 0
         self.device = torch.device("cpu")
         self.max_model_len = vllm_config.model_config.max_model_len
+        self.hybrid = None  # method firp_suffix: vLLM's suffix proposer drafts first (see hybrid.py)
+        if info.get("method") == HYBRID_METHOD:  # sc.method reads custom_class while the runner builds us
+            self.hybrid = SuffixFirst(vllm_config, firp_k=min(self.num_spec_tokens, self.config.K))
 
     # ------------------------------------------------------------------ lifecycle (called by the runner)
     def attach(self, runner: Any) -> None:
@@ -159,6 +163,7 @@ class FirpProposer:
         aux_hidden_states: list[torch.Tensor] | None,
         spec_decode_metadata: Any,
         common_attn_metadata: Any,
+        input_batch: Any = None,
     ) -> list[list[int]]:
         """Drafts for every request in input-batch order ([] where a request gets none)."""
         cm = common_attn_metadata
@@ -168,17 +173,25 @@ class FirpProposer:
         k = min(scheduler_output.num_spec_tokens_to_schedule, self.num_spec_tokens)
         if aux_hidden_states is None:
             raise RuntimeError("FIRP needs the runner's aux hidden states (use_aux_hidden_state_outputs)")
-        n = spec_decode_metadata.num_draft_tokens if spec_decode_metadata is not None else [0] * num_reqs
+        n = list(spec_decode_metadata.num_draft_tokens if spec_decode_metadata is not None else [0] * num_reqs)
+        if self.hybrid is not None:
+            req_ids = list(input_batch.req_ids[:num_reqs])
+            self.hybrid.account(req_ids, sampled_token_ids, n)
+            drafts = self.hybrid.propose(k, input_batch, sampled_token_ids)
+        firp_k = min(k, self.config.K)  # the hybrid may draft longer suffix chains than the heads' K
         seq_lens = cm.seq_lens_cpu_upper_bound if cm.seq_lens_cpu_upper_bound is not None else cm.seq_lens.cpu()
         anchors = find_anchors(
-            sampled_token_ids, list(n), cm.query_start_loc_cpu[: num_reqs + 1].tolist(),
-            seq_lens[:num_reqs].tolist(), k, self.max_model_len,
+            sampled_token_ids, n, cm.query_start_loc_cpu[: num_reqs + 1].tolist(),
+            seq_lens[:num_reqs].tolist(), firp_k, self.max_model_len,
         )
-        if not anchors or k == 0:
-            return drafts
-        tokens = self._draft(anchors, k, aux_hidden_states[0], cm.block_table_tensor)
-        for a, row in zip(anchors, tokens, strict=True):
-            drafts[a.req] = row
+        anchors = [a for a in anchors if not drafts[a.req]]  # requests the suffix drafter took
+        if anchors and firp_k > 0:
+            tokens = self._draft(anchors, firp_k, aux_hidden_states[0], cm.block_table_tensor)
+            for a, row in zip(anchors, tokens, strict=True):
+                drafts[a.req] = row
+        if self.hybrid is not None:
+            firp_reqs = {a.req for a in anchors}
+            self.hybrid.remember(req_ids, drafts, [FIRP if i in firp_reqs else SUFFIX for i in range(num_reqs)])
         return drafts
 
     def _draft(self, anchors: list[Anchor], k: int, h_t: torch.Tensor, block_table: torch.Tensor) -> list[list[int]]:
